@@ -1,0 +1,5 @@
+import sys
+
+from nertron.engine.cli import main
+
+sys.exit(main())

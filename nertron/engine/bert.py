@@ -1,0 +1,331 @@
+"""BERT encoder: the plain PyTorch reference forward.
+
+This is the oracle every fused kernel is checked against and the path CPU users run, so it
+is written to be read: embeddings (word + position + token type, LayerNorm), then N encoder
+layers (self-attention with a key-padding mask, output dense + residual + LayerNorm,
+intermediate dense + GELU, output dense + residual + LayerNorm), then the pooler.
+
+Module and parameter names follow Hugging Face's ``transformers.BertModel`` exactly, so the
+two exchange state dicts unchanged. Attention runs through
+``torch.nn.functional.scaled_dot_product_attention`` (fused on every backend PyTorch has).
+``forward(..., output_hidden_states=True)`` returns the embeddings output and every layer's
+output, which weighted-layer pooling mixes.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nertron.engine.config import BertConfig
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass
+class BertOutput:
+    """What ``BertModel.forward`` returns (field names as in Hugging Face's output).
+
+    Attributes:
+        last_hidden_state: (B, T, H) output of the last encoder layer.
+        pooler_output: (B, H) tanh(dense(first token)), or None without a pooler.
+        hidden_states: with ``output_hidden_states=True``, a tuple of N + 1 tensors (B, T, H):
+            the embeddings output first, then each layer's output; else None.
+    """
+
+    last_hidden_state: Tensor
+    pooler_output: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v for v in (self.last_hidden_state, self.pooler_output, self.hidden_states) if v is not None)
+
+    def __getitem__(self, index):
+        return self.to_tuple()[index]
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return F.gelu  # exact erf GELU, as Google's BERT
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unsupported hidden_act {name!r}")
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # shape: (T,)
+        # Summed in Hugging Face's order (word + type, then position) so fp32 results match bit for bit.
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # shape: (B, T, H)
+        x = x + self.position_embeddings(positions)  # shape: (T, H), broadcast over B
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # shape: (B, nh, T, hd)
+
+    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask_bias, dropout_p=self.dropout_p if self.training else 0.0
+        )  # shape: (B, nh, T, hd)
+        return context.transpose(1, 2).flatten(2)  # shape: (B, T, H)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
+        return self.output(self.self(x, mask_bias), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _activation(config.hidden_act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.dense(x))
+
+
+class BertOutputLayer(nn.Module):
+    # Named ``output`` inside BertLayer (Hugging Face's ``BertOutput``); renamed here only to
+    # keep ``BertOutput`` for the forward's result.
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutputLayer(config)
+
+    def forward(self, x: Tensor, mask_bias: Tensor) -> Tensor:
+        attended = self.attention(x, mask_bias)  # shape: (B, T, H)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: Tensor, mask_bias: Tensor, output_hidden_states: bool = False):
+        states = [x] if output_hidden_states else None
+        for layer in self.layer:
+            x = layer(x, mask_bias)
+            if states is not None:
+                states.append(x)
+        return x, (tuple(states) if states is not None else None)
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, last_hidden_state: Tensor) -> Tensor:
+        return torch.tanh(self.dense(last_hidden_state[:, 0]))  # shape: (B, H)
+
+
+class BertModel(nn.Module):
+    """BERT encoder with Hugging Face's module names and outputs.
+
+    Args:
+        config: the model's hyper-parameters.
+        add_pooling_layer: build the pooler (tanh dense over the first token).
+        backend: ``'auto'`` (the fastest path for the tensors' device), ``'torch'`` (this
+            reference forward) or ``'triton'`` (the fused kernels).
+    """
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, backend: str = "auto"):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.config = config
+        self.backend = backend
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as BERT does: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        backend: str = "auto",
+    ) -> "BertModel":
+        """Load a checkpoint (see ``nertron.engine.checkpoint.load_checkpoint`` for the formats).
+
+        Task heads stored beside the encoder (``cls.*``, ``classifier.*``, ...) are not part
+        of a ``BertModel``; they are reported in a warning. Any other unexpected tensor, a
+        missing one or a shape mismatch raises ``CheckpointError``. The model is returned in
+        eval mode.
+        """
+        from nertron.engine.checkpoint import load_checkpoint, load_state_dict_into
+
+        checkpoint = load_checkpoint(path)
+        pooler_keys = [key for key in checkpoint.state_dict if key.startswith("pooler.")]
+        model = cls(checkpoint.config, add_pooling_layer=bool(pooler_keys), backend=backend)
+        heads = load_state_dict_into(model, checkpoint.state_dict, source=str(checkpoint.weights_file))
+        if heads:
+            warnings.warn(
+                f"{checkpoint.weights_file}: {len(heads)} task-head tensors are not part of BertModel and were "
+                f"not loaded: {', '.join(sorted(heads))}",
+                stacklevel=2,
+            )
+        model.checkpoint_dir = checkpoint.directory
+        if dtype is not None or device is not None:
+            model.to(device=device, dtype=dtype)
+        return model.eval()
+
+    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None) -> None:
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a (batch, length) tensor, got {got}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        batch, length = input_ids.shape
+        if length == 0:
+            raise ValueError("input_ids has length 0: there is nothing to encode")
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"input length {length} exceeds the model's max_position_embeddings="
+                f"{self.config.max_position_embeddings}; split long texts with WordPieceTokenizer.windows()"
+            )
+        for name, other in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if other is not None and tuple(other.shape) != (batch, length):
+                raise ValueError(f"{name} has shape {tuple(other.shape)}, expected {(batch, length)} like input_ids")
+        if input_ids.numel():
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(f"input_ids contains id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
+        if token_type_ids is not None and token_type_ids.numel():
+            if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= self.config.type_vocab_size:
+                raise ValueError(f"token_type_ids must lie in [0, {self.config.type_vocab_size})")
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> BertOutput:
+        """Encode a padded batch.
+
+        Args:
+            input_ids: (B, T) sub-token ids, T <= max_position_embeddings.
+            attention_mask: (B, T), 1/True for real tokens, 0/False for padding; None = all real.
+            token_type_ids: (B, T) segment ids; None = all zeros.
+            output_hidden_states: also return the embeddings output and every layer's output.
+
+        Returns:
+            ``BertOutput`` with ``last_hidden_state`` (B, T, H), ``pooler_output`` (B, H) and,
+            on request, ``hidden_states`` (N + 1 tensors of (B, T, H)).
+        """
+        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        backend = self.backend
+        if backend == "triton":
+            raise NotImplementedError(
+                "backend='triton': the fused Triton BERT encoder is not available in this version of nertron; "
+                "use backend='torch' (or 'auto')"
+            )
+        return self._forward_reference(input_ids, attention_mask, token_type_ids, output_hidden_states)
+
+    def _forward_reference(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        token_type_ids: Tensor | None,
+        output_hidden_states: bool,
+    ) -> BertOutput:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden = self.embeddings(input_ids, token_type_ids)  # shape: (B, T, H)
+        mask_bias = None
+        if attention_mask is not None:
+            # Additive key-padding bias, 0 for real keys and the dtype's most negative value for
+            # padding: softmax then gives padded keys zero weight, and a row with no real key
+            # stays finite (uniform) where a boolean mask would give NaN.
+            keep = attention_mask.to(device=hidden.device, dtype=torch.bool)[:, None, None, :]  # shape: (B, 1, 1, T)
+            mask_bias = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
+            mask_bias.masked_fill_(~keep, torch.finfo(hidden.dtype).min)
+        last, states = self.encoder(hidden, mask_bias, output_hidden_states)
+        pooled = self.pooler(last) if self.pooler is not None else None
+        return BertOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=states)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"layers={c.num_hidden_layers}, hidden={c.hidden_size}, heads={c.num_attention_heads}, "
+            f"backend={self.backend!r}"
+        )
+
