@@ -35,14 +35,18 @@ class BertOutput:
         pooler_output: (B, H) tanh(dense(first token)), or None without a pooler.
         hidden_states: with ``output_hidden_states=True``, a tuple of N + 1 tensors (B, T, H):
             the embeddings output first, then each layer's output; else None.
+        layer_mix: with ``forward(..., layer_mix=coef)``, the fp32 (B, T, H) weighted sum
+            ``sum_l coef[l] * hidden_states[l]`` (weighted-layer pooling); else None.
     """
 
     last_hidden_state: Tensor
     pooler_output: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
+    layer_mix: Tensor | None = None
 
     def to_tuple(self) -> tuple:
-        return tuple(v for v in (self.last_hidden_state, self.pooler_output, self.hidden_states) if v is not None)
+        values = (self.last_hidden_state, self.pooler_output, self.hidden_states, self.layer_mix)
+        return tuple(v for v in values if v is not None)
 
     def __getitem__(self, index):
         return self.to_tuple()[index]
@@ -182,8 +186,17 @@ class BertModel(nn.Module):
     Args:
         config: the model's hyper-parameters.
         add_pooling_layer: build the pooler (tanh dense over the first token).
-        backend: ``'auto'`` (the fastest path for the tensors' device), ``'torch'`` (this
-            reference forward) or ``'triton'`` (the fused kernels).
+        backend: ``'auto'`` runs the fused Triton encoder (``nertron.bindings.bert``) on CUDA
+            tensors and this reference forward elsewhere; ``'torch'`` always runs the
+            reference; ``'triton'`` always runs the kernels (on CPU tensors in Triton's
+            interpreter, slowly: for tests).
+
+    The fused encoder is inference-only. A call it cannot serve runs the reference forward
+    instead, never a wrong result: when gradients are required (a parameter requires grad
+    and grad mode is on), in training mode with dropout, or with an attention mask that is
+    not right-padded. With ``backend='triton'`` such a fallback is announced by a warning.
+    In the fused path padding positions of the outputs hold zeros (packed mode, the
+    default; ``forward(..., packed=False)`` computes them as the reference does).
     """
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, backend: str = "auto"):
@@ -278,6 +291,9 @@ class BertModel(nn.Module):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
+        *,
+        layer_mix: Tensor | None = None,
+        packed: bool = True,
     ) -> BertOutput:
         """Encode a padded batch.
 
@@ -286,19 +302,39 @@ class BertModel(nn.Module):
             attention_mask: (B, T), 1/True for real tokens, 0/False for padding; None = all real.
             token_type_ids: (B, T) segment ids; None = all zeros.
             output_hidden_states: also return the embeddings output and every layer's output.
+            layer_mix: optional (N + 1,) coefficients, one per hidden state (embeddings output
+                first): also return their weighted sum, fused into the encoder on the Triton
+                path (``LayerPooling.coefficients()`` gives them).
+            packed: fused path only: run on real tokens only (default) or on every position.
 
         Returns:
-            ``BertOutput`` with ``last_hidden_state`` (B, T, H), ``pooler_output`` (B, H) and,
-            on request, ``hidden_states`` (N + 1 tensors of (B, T, H)).
+            ``BertOutput`` with ``last_hidden_state`` (B, T, H), ``pooler_output`` (B, H), on
+            request ``hidden_states`` (N + 1 tensors of (B, T, H)) and ``layer_mix`` (B, T, H).
         """
         self._check_inputs(input_ids, attention_mask, token_type_ids)
-        backend = self.backend
-        if backend == "triton":
-            raise NotImplementedError(
-                "backend='triton': the fused Triton BERT encoder is not available in this version of nertron; "
-                "use backend='torch' (or 'auto')"
+        if layer_mix is not None and tuple(layer_mix.shape) != (self.config.num_hidden_layers + 1,):
+            raise ValueError(
+                f"layer_mix must hold {self.config.num_hidden_layers + 1} coefficients (embeddings output + "
+                f"{self.config.num_hidden_layers} layers), got shape {tuple(layer_mix.shape)}"
             )
-        return self._forward_reference(input_ids, attention_mask, token_type_ids, output_hidden_states)
+        if self._use_fused(input_ids, attention_mask):
+            from nertron.bindings.bert import fused_encoder_forward
+
+            result = fused_encoder_forward(
+                self, input_ids, attention_mask, token_type_ids, output_hidden_states, layer_mix, packed
+            )
+            return BertOutput(result.last_hidden_state, result.pooler_output, result.hidden_states, result.layer_mix)
+        return self._forward_reference(input_ids, attention_mask, token_type_ids, output_hidden_states, layer_mix)
+
+    def _use_fused(self, input_ids: Tensor, attention_mask: Tensor | None) -> bool:
+        if self.backend == "torch" or (self.backend == "auto" and not input_ids.is_cuda):
+            return False
+        from nertron.bindings.bert import fusable
+
+        reason = fusable(self, input_ids, attention_mask)
+        if reason is not None and self.backend == "triton":
+            warnings.warn(f"backend='triton': running the reference forward because {reason}", stacklevel=3)
+        return reason is None
 
     def _forward_reference(
         self,
@@ -306,6 +342,7 @@ class BertModel(nn.Module):
         attention_mask: Tensor | None,
         token_type_ids: Tensor | None,
         output_hidden_states: bool,
+        layer_mix: Tensor | None = None,
     ) -> BertOutput:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -318,9 +355,18 @@ class BertModel(nn.Module):
             keep = attention_mask.to(device=hidden.device, dtype=torch.bool)[:, None, None, :]  # shape: (B, 1, 1, T)
             mask_bias = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
             mask_bias.masked_fill_(~keep, torch.finfo(hidden.dtype).min)
-        last, states = self.encoder(hidden, mask_bias, output_hidden_states)
+        last, states = self.encoder(hidden, mask_bias, output_hidden_states or layer_mix is not None)
         pooled = self.pooler(last) if self.pooler is not None else None
-        return BertOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=states)
+        mixed = None
+        if layer_mix is not None:
+            coef = layer_mix.to(device=last.device, dtype=torch.float32)  # shape: (N + 1,)
+            mixed = sum(c * h.float() for c, h in zip(coef, states))  # shape: (B, T, H), fp32
+        return BertOutput(
+            last_hidden_state=last,
+            pooler_output=pooled,
+            hidden_states=states if output_hidden_states else None,
+            layer_mix=mixed,
+        )
 
     def extra_repr(self) -> str:
         c = self.config
