@@ -1,0 +1,459 @@
+"""Linear-chain CRF kernels: Viterbi decoding, forward algorithm and forward-backward.
+
+What is fused, and why
+----------------------
+``pytorch-crf`` runs every time step as a handful of separate PyTorch ops on a
+``(B, K, K)`` tensor, and back-traces the Viterbi path with one ``.item()`` per tag. Here
+one Triton program owns one sequence (the backward kernel owns a strided set of them)
+and walks its time steps inside the kernel, so each step is a few hundred instructions
+instead of several kernel launches plus host syncs:
+
+* ``_crf_viterbi_kernel``: max-plus recursion over ``start + emissions + transitions``,
+  back-pointers written to a ``(B, T, K)`` buffer of the smallest integer type that holds
+  ``K`` (uint8 up to 256 tags), then the back-trace in the same program: the padded
+  ``(B, T)`` tag tensor and the best path score come out of one launch, with no host
+  round trip per step or per sequence.
+* ``_crf_forward_kernel``: the forward algorithm (log-sum-exp recursion) giving log Z per
+  sequence. With ``STORE_ALPHA`` the fp32 alphas ``(B, T, K)`` are kept for the backward
+  pass; without it the recursion ping-pongs between two rows of a ``(B, 2, K)`` scratch.
+* ``_crf_backward_kernel``: the beta recursion, fused with the unary marginals
+  ``exp(alpha + beta - log Z)`` (= d log Z / d emissions, written straight into the
+  emission gradient, scaled by the upstream gradient) and, with ``PAIRWISE``, the pairwise
+  marginals summed over time into a per-program ``(K, K)`` partial that the launcher sums
+  over programs (deterministic, no atomics). The same kernel with ``PAIRWISE=False`` and a
+  unit upstream gradient returns the per-token tag probabilities (``marginals``).
+
+Tiling: the state vector (alpha, Viterbi score or beta; ``K`` fp32) lives in a small
+per-program scratch row that stays in L1/L2, and each step reads it back in ``TILE``-wide
+source tiles against ``TILE x TILE`` tiles of the transition matrix, reducing with an
+online max / log-sum-exp across source tiles. One code path therefore covers ``K`` from 2
+(a single 16-wide tile) to several hundred tags (``TILE = 64``). A ``tl.debug_barrier``
+separates the writes of step ``t`` from the reads of step ``t + 1``.
+
+Numerics: emissions may be fp32, fp16, bf16 (or fp64); every load is converted to fp32
+and all recursions, log-sum-exps and marginals are computed in fp32; only the emission
+gradient is cast back to the emission dtype on store. Out-of-range tags are loaded as
+``-inf`` so they never win a max nor add mass to a log-sum-exp; a log-sum-exp whose inputs
+are all ``-inf`` (a tag that no allowed transition reaches) uses 0 as its shift so that it
+yields ``-inf`` instead of NaN. Disallowed transitions (constrained decoding) are passed
+in as ``-inf`` transition/start/end scores by the caller.
+
+Masks: the kernels take per-sequence lengths, i.e. they assume prefix masks (ones then
+zeros), exactly as ``pytorch-crf``'s ``decode`` does (it uses ``mask.sum(0)``). Steps at
+or beyond a sequence's length are neither read nor written (outputs there are whatever
+the launcher initialised: -1 tags, zero gradients/marginals).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# --------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _crf_viterbi_kernel(
+    emis_ptr, len_ptr, start_ptr, end_ptr, trans_ptr,
+    score_buf_ptr, bp_ptr, tags_ptr, best_ptr,
+    K,
+    emis_b_stride, emis_t_stride, emis_k_stride,
+    bp_b_stride, bp_t_stride,
+    tags_b_stride,
+    TILE: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    length = tl.load(len_ptr + b)
+    offs = tl.arange(0, TILE)
+    emis_row = emis_ptr + b * emis_b_stride
+    buf = score_buf_ptr + b * 2 * K  # two rows (ping-pong) of fp32 Viterbi scores
+    bp_row = bp_ptr + b * bp_b_stride
+
+    # t = 0: start score + first emission
+    for j0 in range(0, K, TILE):
+        j = j0 + offs
+        jm = j < K
+        e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+        s = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+        tl.store(buf + j, s + e, mask=jm)
+    tl.debug_barrier()
+
+    for t in range(1, length):
+        prev = buf + ((t - 1) % 2) * K
+        cur = buf + (t % 2) * K
+        for j0 in range(0, K, TILE):
+            j = j0 + offs
+            jm = j < K
+            best = tl.full((TILE,), float("-inf"), tl.float32)
+            arg = tl.zeros((TILE,), tl.int32)
+            for i0 in range(0, K, TILE):
+                i = i0 + offs
+                im = i < K
+                # padded source tags load as -inf so they never win the max
+                a = tl.load(prev + i, mask=im, other=float("-inf"))
+                tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
+                             mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
+                x = a[:, None] + tr
+                v = tl.max(x, axis=0)
+                ix = tl.argmax(x, axis=0) + i0
+                upd = v > best  # strict: the first (lowest) source tag wins ties, like torch.max
+                best = tl.where(upd, v, best)
+                arg = tl.where(upd, ix, arg)
+            # the emission does not depend on the source tag: add it after the max
+            e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+            tl.store(cur + j, best + e, mask=jm)
+            tl.store(bp_row + t * bp_t_stride + j, arg.to(bp_ptr.dtype.element_ty), mask=jm)
+        tl.debug_barrier()
+
+    # end scores, best last tag (kept per lane across tiles, reduced once)
+    last = buf + ((length - 1) % 2) * K
+    best_v = tl.full((TILE,), float("-inf"), tl.float32)
+    best_i = tl.zeros((TILE,), tl.int32)
+    for j0 in range(0, K, TILE):
+        j = j0 + offs
+        jm = j < K
+        v = tl.load(last + j, mask=jm, other=float("-inf")) + \
+            tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+        upd = v > best_v
+        best_v = tl.where(upd, v, best_v)
+        best_i = tl.where(upd, j, best_i)
+    lane = tl.argmax(best_v, axis=0)
+    tl.store(best_ptr + b, tl.max(best_v, axis=0))
+    tag = tl.sum(tl.where(offs == lane, best_i, 0), axis=0)
+
+    # back-trace on the device, one dependent load per step
+    tags_row = tags_ptr + b * tags_b_stride
+    tl.store(tags_row + length - 1, tag.to(tags_ptr.dtype.element_ty))
+    for tt in range(1, length):
+        t = length - tt
+        tag = tl.load(bp_row + t * bp_t_stride + tag).to(tl.int32)
+        tl.store(tags_row + t - 1, tag.to(tags_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _crf_forward_kernel(
+    emis_ptr, len_ptr, start_ptr, end_ptr, trans_ptr,
+    alpha_ptr, logz_ptr,
+    K,
+    emis_b_stride, emis_t_stride, emis_k_stride,
+    alpha_b_stride, alpha_t_stride,
+    STORE_ALPHA: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    length = tl.load(len_ptr + b)
+    offs = tl.arange(0, TILE)
+    emis_row = emis_ptr + b * emis_b_stride
+    a_row = alpha_ptr + b * alpha_b_stride
+
+    for j0 in range(0, K, TILE):
+        j = j0 + offs
+        jm = j < K
+        e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+        s = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+        tl.store(a_row + j, s + e, mask=jm)
+    tl.debug_barrier()
+
+    for t in range(1, length):
+        if STORE_ALPHA:  # keep every alpha for the backward pass
+            prev = a_row + (t - 1) * alpha_t_stride
+            cur = a_row + t * alpha_t_stride
+        else:  # ping-pong between two scratch rows
+            prev = a_row + ((t - 1) % 2) * alpha_t_stride
+            cur = a_row + (t % 2) * alpha_t_stride
+        for j0 in range(0, K, TILE):
+            j = j0 + offs
+            jm = j < K
+            m = tl.full((TILE,), float("-inf"), tl.float32)
+            s = tl.zeros((TILE,), tl.float32)
+            for i0 in range(0, K, TILE):
+                i = i0 + offs
+                im = i < K
+                a = tl.load(prev + i, mask=im, other=float("-inf"))
+                tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
+                             mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
+                x = a[:, None] + tr
+                # online log-sum-exp over source tiles; shift 0 when everything is -inf
+                m_new = tl.maximum(m, tl.max(x, axis=0))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[None, :]), axis=0)
+                m = m_new
+            m_safe = tl.where(m == float("-inf"), 0.0, m)
+            e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+            tl.store(cur + j, m_safe + tl.log(s) + e, mask=jm)
+        tl.debug_barrier()
+
+    if STORE_ALPHA:
+        last = a_row + (length - 1) * alpha_t_stride
+    else:
+        last = a_row + ((length - 1) % 2) * alpha_t_stride
+    m = tl.full((TILE,), float("-inf"), tl.float32)
+    s = tl.zeros((TILE,), tl.float32)
+    for j0 in range(0, K, TILE):
+        j = j0 + offs
+        jm = j < K
+        x = tl.load(last + j, mask=jm, other=float("-inf")) + \
+            tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, x)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+        m = m_new
+    mx = tl.max(m, axis=0)
+    mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
+    total = tl.sum(s * tl.exp(m - mx_safe), axis=0)
+    tl.store(logz_ptr + b, mx_safe + tl.log(total))
+
+
+@triton.jit
+def _crf_backward_kernel(
+    emis_ptr, len_ptr, end_ptr, trans_ptr,
+    alpha_ptr, logz_ptr, glogz_ptr,
+    beta_ptr, gemis_ptr, gstart_ptr, gend_ptr, gtrans_ptr,
+    B, K,
+    emis_b_stride, emis_t_stride, emis_k_stride,
+    alpha_b_stride, alpha_t_stride,
+    gemis_b_stride, gemis_t_stride,
+    PAIRWISE: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    offs = tl.arange(0, TILE)
+    beta = beta_ptr + pid.to(tl.int64) * 2 * K        # two rows (ping-pong) of fp32 betas
+    gstart = gstart_ptr + pid.to(tl.int64) * K         # this program's partial sums
+    gend = gend_ptr + pid.to(tl.int64) * K
+    gtrans = gtrans_ptr + pid.to(tl.int64) * K * K
+
+    for b in range(pid, B, nprog):
+        b64 = tl.cast(b, tl.int64)
+        length = tl.load(len_ptr + b64)
+        logz = tl.load(logz_ptr + b64)
+        g = tl.load(glogz_ptr + b64)
+        emis_row = emis_ptr + b64 * emis_b_stride
+        a_row = alpha_ptr + b64 * alpha_b_stride
+        g_row = gemis_ptr + b64 * gemis_b_stride
+        last = length - 1
+        tl.debug_barrier()  # the previous sequence is done with the beta rows
+
+        # t = L - 1: beta = end score; unary marginal feeds d/d end (and d/d start if L == 1)
+        for j0 in range(0, K, TILE):
+            j = j0 + offs
+            jm = j < K
+            en = tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+            a = tl.load(a_row + last * alpha_t_stride + j, mask=jm, other=float("-inf"))
+            tl.store(beta + (last % 2) * K + j, en, mask=jm)
+            p = tl.exp(a + en - logz) * g
+            tl.store(g_row + last * gemis_t_stride + j, p.to(gemis_ptr.dtype.element_ty), mask=jm)
+            tl.store(gend + j, tl.load(gend + j, mask=jm, other=0.0) + p, mask=jm)
+            if length == 1:
+                tl.store(gstart + j, tl.load(gstart + j, mask=jm, other=0.0) + p, mask=jm)
+        tl.debug_barrier()
+
+        for tt in range(1, length):
+            t = length - tt  # L-1 down to 1: beta_t is known, compute beta_{t-1}
+            b_cur = beta + (t % 2) * K
+            b_prev = beta + ((t - 1) % 2) * K
+            for i0 in range(0, K, TILE):
+                i = i0 + offs
+                im = i < K
+                a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
+                m = tl.full((TILE,), float("-inf"), tl.float32)
+                s = tl.zeros((TILE,), tl.float32)
+                for j0 in range(0, K, TILE):
+                    j = j0 + offs
+                    jm = j < K
+                    bt = tl.load(b_cur + j, mask=jm, other=float("-inf"))
+                    e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+                    tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
+                                 mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
+                    w = tr + (e + bt)[None, :]  # (TILE_i, TILE_j): i -> j, emit j, then the rest
+                    m_new = tl.maximum(m, tl.max(w, axis=1))
+                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(w - m_safe[:, None]), axis=1)
+                    m = m_new
+                    if PAIRWISE:
+                        # pairwise marginal P(y_{t-1}=i, y_t=j), accumulated over t and b
+                        xi = tl.exp(a_prev[:, None] + w - logz) * g
+                        ptrs = gtrans + i[:, None] * K + j[None, :]
+                        msk = im[:, None] & jm[None, :]
+                        tl.store(ptrs, tl.load(ptrs, mask=msk, other=0.0) + xi, mask=msk)
+                m_safe = tl.where(m == float("-inf"), 0.0, m)
+                b_new = m_safe + tl.log(s)
+                tl.store(b_prev + i, b_new, mask=im)
+                p = tl.exp(a_prev + b_new - logz) * g
+                tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
+                if t == 1:
+                    tl.store(gstart + i, tl.load(gstart + i, mask=im, other=0.0) + p, mask=im)
+            tl.debug_barrier()
+
+
+# --------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _tile(num_tags: int) -> Tuple[int, int]:
+    """Tile width over tags and warps: one 16..64-wide tile, larger K loops over tiles."""
+    tile = min(max(triton.next_power_of_2(num_tags), 16), 64)
+    return tile, {16: 1, 32: 2, 64: 4}[tile]
+
+
+def backpointer_dtype(num_tags: int) -> torch.dtype:
+    """Smallest integer dtype that holds a tag index in ``[0, num_tags)``."""
+    if num_tags <= 256:
+        return torch.uint8
+    if num_tags <= 32768:
+        return torch.int16
+    return torch.int32
+
+
+def _check(emissions: torch.Tensor, lengths: torch.Tensor, *params: torch.Tensor) -> Tuple:
+    if emissions.dim() != 3:
+        raise ValueError(f"emissions must be (B, T, K), got shape {tuple(emissions.shape)}")
+    if emissions.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"emissions must be a floating tensor, got {emissions.dtype}")
+    B, T, K = emissions.shape
+    if B == 0 or T == 0 or K == 0:
+        raise ValueError(f"empty emissions of shape {tuple(emissions.shape)}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+    dev = emissions.device
+    start, end, trans = params
+    if start.shape != (K,) or end.shape != (K,) or trans.shape != (K, K):
+        raise ValueError(f"start/end must be ({K},) and transitions ({K}, {K}), got "
+                         f"{tuple(start.shape)}, {tuple(end.shape)}, {tuple(trans.shape)}")
+    for x in (lengths, start, end, trans):
+        if x.device != dev:
+            raise ValueError(f"all tensors must be on {dev}, got one on {x.device}")
+    lengths = lengths.to(torch.int32).contiguous()
+    return B, T, K, lengths, start.contiguous(), end.contiguous(), trans.contiguous()
+
+
+def crf_viterbi(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
+                end: torch.Tensor, transitions: torch.Tensor,
+                pad_tag: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Batched Viterbi decoding.
+
+    Args:
+        emissions: ``(B, T, K)`` fp32/fp16/bf16 scores, any strides.
+        lengths: ``(B,)`` integer lengths, each in ``[1, T]`` (prefix masks).
+        start, end: ``(K,)`` start/end scores; transitions: ``(K, K)``, ``[i, j]`` = i -> j.
+            Use ``-inf`` for disallowed transitions/start/end tags.
+        pad_tag: value written at padded steps of the tag tensor.
+
+    Returns:
+        tags ``(B, T)`` int64 best paths (``pad_tag`` beyond each length) and
+        scores ``(B,)`` fp32 best path scores.
+    """
+    B, T, K, lengths, start, end, trans = _check(emissions, lengths, start, end, transitions)
+    dev = emissions.device
+    tile, warps = _tile(K)
+    scratch = torch.empty((B, 2, K), device=dev, dtype=torch.float32)
+    bp = torch.empty((B, T, K), device=dev, dtype=backpointer_dtype(K))
+    tags = torch.full((B, T), pad_tag, device=dev, dtype=torch.int64)
+    best = torch.empty((B,), device=dev, dtype=torch.float32)
+    _crf_viterbi_kernel[(B,)](
+        emissions, lengths, start, end, trans,
+        scratch, bp, tags, best,
+        K,
+        emissions.stride(0), emissions.stride(1), emissions.stride(2),
+        bp.stride(0), bp.stride(1),
+        tags.stride(0),
+        TILE=tile, num_warps=warps,
+    )
+    return tags, best
+
+
+def crf_forward(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
+                end: torch.Tensor, transitions: torch.Tensor,
+                store_alpha: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Forward algorithm: log partition function per sequence.
+
+    Args:
+        emissions: ``(B, T, K)``; lengths: ``(B,)``; start, end: ``(K,)``; transitions ``(K, K)``.
+        store_alpha: keep the fp32 forward variables for :func:`crf_backward`.
+
+    Returns:
+        log_z ``(B,)`` fp32 and, with ``store_alpha``, alpha ``(B, T, K)`` fp32 (else None).
+    """
+    B, T, K, lengths, start, end, trans = _check(emissions, lengths, start, end, transitions)
+    dev = emissions.device
+    tile, warps = _tile(K)
+    alpha = torch.empty((B, T if store_alpha else 2, K), device=dev, dtype=torch.float32)
+    logz = torch.empty((B,), device=dev, dtype=torch.float32)
+    _crf_forward_kernel[(B,)](
+        emissions, lengths, start, end, trans,
+        alpha, logz,
+        K,
+        emissions.stride(0), emissions.stride(1), emissions.stride(2),
+        alpha.stride(0), alpha.stride(1),
+        STORE_ALPHA=store_alpha, TILE=tile, num_warps=warps,
+    )
+    return logz, (alpha if store_alpha else None)
+
+
+def _num_programs(B: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(B, 8 * sms))
+    return max(1, min(B, 4))  # the interpreter runs programs one after another
+
+
+def crf_backward(emissions: torch.Tensor, lengths: torch.Tensor, end: torch.Tensor,
+                 transitions: torch.Tensor, alpha: torch.Tensor, log_z: torch.Tensor,
+                 grad_log_z: torch.Tensor, pairwise: bool = True,
+                 grad_dtype: Optional[torch.dtype] = None
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Forward-backward: gradients of ``sum_b grad_log_z[b] * log_z[b]``.
+
+    Args:
+        emissions: ``(B, T, K)``; lengths: ``(B,)``; end ``(K,)``; transitions ``(K, K)``.
+        alpha: ``(B, T, K)`` fp32 from :func:`crf_forward` with ``store_alpha=True``.
+        log_z: ``(B,)`` fp32; grad_log_z: ``(B,)`` upstream gradient.
+        pairwise: also accumulate the transition gradient (pairwise marginals).
+        grad_dtype: dtype of the emission gradient (default: the emissions' dtype).
+
+    Returns:
+        grad_emissions ``(B, T, K)`` (= upstream-scaled unary marginals, zero at padding),
+        grad_start ``(K,)``, grad_end ``(K,)`` and grad_transitions ``(K, K)`` (None
+        without ``pairwise``), all but the first in fp32.
+    """
+    B, T, K, lengths, end, end_, trans = _check(emissions, lengths, end, end, transitions)
+    dev = emissions.device
+    if alpha.shape != (B, T, K) or alpha.dtype != torch.float32 or alpha.stride(2) != 1:
+        raise ValueError("alpha must be the fp32 (B, T, K) tensor from crf_forward(store_alpha=True)")
+    tile, warps = _tile(K)
+    P = _num_programs(B, dev)
+    beta = torch.empty((P, 2, K), device=dev, dtype=torch.float32)
+    gemis = torch.zeros((B, T, K), device=dev, dtype=grad_dtype or emissions.dtype)
+    gstart = torch.zeros((P, K), device=dev, dtype=torch.float32)
+    gend = torch.zeros((P, K), device=dev, dtype=torch.float32)
+    gtrans = torch.zeros((P, K, K) if pairwise else (1, 1, 1), device=dev, dtype=torch.float32)
+    _crf_backward_kernel[(P,)](
+        emissions, lengths, end, trans,
+        alpha, log_z.float().contiguous(), grad_log_z.float().contiguous(),
+        beta, gemis, gstart, gend, gtrans,
+        B, K,
+        emissions.stride(0), emissions.stride(1), emissions.stride(2),
+        alpha.stride(0), alpha.stride(1),
+        gemis.stride(0), gemis.stride(1),
+        PAIRWISE=pairwise, TILE=tile, num_warps=warps,
+    )
+    return gemis, gstart.sum(0), gend.sum(0), (gtrans.sum(0) if pairwise else None)
+
+
+def crf_marginals(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
+                  end: torch.Tensor, transitions: torch.Tensor) -> torch.Tensor:
+    """Per-token tag probabilities ``P(y_t = k | x)``, ``(B, T, K)`` fp32, zero at padding."""
+    logz, alpha = crf_forward(emissions, lengths, start, end, transitions, store_alpha=True)
+    ones = torch.ones_like(logz)
+    probs, _, _, _ = crf_backward(emissions, lengths, end, transitions, alpha, logz, ones,
+                                  pairwise=False, grad_dtype=torch.float32)
+    return probs
