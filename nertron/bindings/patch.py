@@ -1,0 +1,160 @@
+"""``nertron.patch(model)``: swap nertron's fast paths into someone else's model, in place.
+
+What it recognises anywhere in the module tree:
+
+- a Hugging Face ``transformers`` ``BertModel`` (inside ``BertForTokenClassification`` and
+  friends too): its ``forward`` is wrapped so that calls the fused encoder can serve run on
+  nertron's kernels, with the model's own weights and output types; every other call
+  (gradients, dropout in training, ``inputs_embeds``, ``position_ids``, attention outputs,
+  caches, non-right-padded masks, CPU tensors under ``backend='auto'``) runs the original
+  forward untouched;
+- ``torchcrf.CRF`` (pytorch-crf): replaced by ``nertron.CRF`` sharing its parameters;
+- an AllenNLP ``ScalarMix``: replaced by ``nertron.ScalarMix`` sharing its parameters.
+
+Weights are shared, not copied: training the patched model trains the original parameters.
+``unpatch(model)`` undoes the forward wrapping of Hugging Face models.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from nertron.bindings.bert import fusable, fused_encoder_forward
+
+BACKENDS = ("auto", "torch", "triton")
+# Arguments of Hugging Face's BertModel.forward the fused encoder serves; any other argument
+# given a non-default value sends the call to the original forward.
+_FUSED_ARGS = {"input_ids", "attention_mask", "token_type_ids", "output_hidden_states", "return_dict", "kwargs"}
+
+
+def _is_hf_bert(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__name__ == "BertModel" and cls.__module__.startswith("transformers.")
+
+
+def _is_torchcrf(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__name__ == "CRF" and cls.__module__.split(".")[0] == "torchcrf"
+
+
+def _is_allennlp_scalar_mix(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__name__ == "ScalarMix" and cls.__module__.split(".")[0] == "allennlp"
+
+
+def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
+    original = module.forward
+    signature = inspect.signature(original)
+
+    def forward(*args: Any, **kwargs: Any):
+        bound = signature.bind(*args, **kwargs)
+        arguments = dict(bound.arguments)
+        extra = arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
+        input_ids = arguments.get("input_ids")
+        attention_mask = arguments.get("attention_mask")
+        others = {k: v for k, v in {**arguments, **extra}.items() if k not in _FUSED_ARGS}
+        served = (
+            input_ids is not None
+            and input_ids.dim() == 2
+            and (attention_mask is None or attention_mask.shape == input_ids.shape)
+            and all(v is None or v is False for v in others.values())
+            and not getattr(module.config, "is_decoder", False)
+            and backend != "torch"
+            and (backend == "triton" or input_ids.is_cuda)
+            and fusable(module, input_ids, attention_mask) is None
+        )
+        if not served:
+            return original(*args, **kwargs)
+        from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+        want_states = arguments.get("output_hidden_states", extra.get("output_hidden_states"))
+        if want_states is None:
+            want_states = bool(getattr(module.config, "output_hidden_states", False))
+        result = fused_encoder_forward(
+            module, input_ids, attention_mask, arguments.get("token_type_ids"), bool(want_states)
+        )
+        output = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=result.last_hidden_state,
+            pooler_output=result.pooler_output,
+            hidden_states=result.hidden_states,
+        )
+        return_dict = arguments.get("return_dict", extra.get("return_dict"))
+        return output.to_tuple() if return_dict is False else output
+
+    forward.__wrapped__ = original
+    module._nertron_original_forward = original
+    module.forward = forward
+
+
+def _replace_child(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _fast_crf(crf: nn.Module, backend: str) -> nn.Module:
+    from nertron.bindings.crf import CRF
+
+    fast = CRF(crf.num_tags, batch_first=crf.batch_first, backend=backend)
+    fast.start_transitions = crf.start_transitions
+    fast.end_transitions = crf.end_transitions
+    fast.transitions = crf.transitions
+    return fast
+
+
+def _fast_scalar_mix(mix: nn.Module, backend: str) -> nn.Module:
+    from nertron.bindings.pooling import ScalarMix
+
+    fast = ScalarMix(mix.mixture_size, do_layer_norm=mix.do_layer_norm, backend=backend)
+    fast.scalar_parameters = mix.scalar_parameters
+    fast.gamma = mix.gamma
+    return fast
+
+
+def patch(model: nn.Module, backend: str = "auto") -> list[str]:
+    """Swap nertron's fast modules into ``model`` in place (see the module docstring).
+
+    Args:
+        model: any ``nn.Module`` tree.
+        backend: ``'auto'`` (kernels on CUDA tensors), ``'torch'`` or ``'triton'``.
+
+    Returns:
+        One line per replacement, ``"<qualified name>: <what>"`` (the root is ``""``).
+
+    Raises:
+        ValueError: the root module itself is a CRF or ScalarMix (swap it yourself:
+            there is no parent to hold the replacement), or an unknown backend.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if _is_hf_bert(module):
+            if getattr(module, "_nertron_original_forward", None) is None:
+                _wrap_hf_bert(module, backend)
+                replaced.append(f"{name}: transformers BertModel -> nertron fused encoder")
+        elif _is_torchcrf(module) or _is_allennlp_scalar_mix(module):
+            if not name:
+                raise ValueError(f"patch() cannot replace the root module itself ({type(module).__name__}); "
+                                 "use nertron.CRF / nertron.ScalarMix directly")
+            if _is_torchcrf(module):
+                _replace_child(model, name, _fast_crf(module, backend))
+                replaced.append(f"{name}: torchcrf.CRF -> nertron.CRF")
+            else:
+                _replace_child(model, name, _fast_scalar_mix(module, backend))
+                replaced.append(f"{name}: allennlp ScalarMix -> nertron.ScalarMix")
+    return replaced
+
+
+def unpatch(model: nn.Module) -> int:
+    """Restore the original forward of every Hugging Face BertModel ``patch`` wrapped; returns how many."""
+    count = 0
+    for module in model.modules():
+        original = getattr(module, "_nertron_original_forward", None)
+        if original is not None:
+            del module.forward
+            del module._nertron_original_forward
+            count += 1
+    return count
