@@ -13,6 +13,8 @@ _EXPORTS = {
     "BertOutput": "nertron.engine.bert",
     "load_checkpoint": "nertron.engine.checkpoint",
     "WordPieceTokenizer": "nertron.engine.tokenizer",
+    "patch": "nertron.bindings.patch",
+    "unpatch": "nertron.bindings.patch",
     "CRF": "nertron.bindings.crf",
     "allowed_transitions": "nertron.bindings.crf",
 }
