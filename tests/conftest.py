@@ -17,7 +17,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout; NERTRON_DATA overrides it (the GPU machine gets the
+# working tree only, so bench/gpu_check.sh carries a copy of the data inside the repo).
+DATA = Path(os.environ.get("NERTRON_DATA", REPO.parent / "shared" / "data"))
 
 
 def pytest_configure(config):

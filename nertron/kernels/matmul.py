@@ -8,7 +8,7 @@ output tile is still in registers, so the activation is written once.
 ``W`` is an ``nn.Linear`` weight, (N, K), read in place (its transpose is just strides).
 fp16/bf16 inputs accumulate in fp32 on the tensor cores; fp32 inputs use IEEE fp32 dot
 products (no TF32) so the fp32 path matches PyTorch to rounding. On Hopper the configs are
-autotuned per (M, N, K); in Triton's interpreter a single small config is pinned.
+autotuned per (N, K) and size class of M; in Triton's interpreter a single small config is pinned.
 """
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def _gelu_tanh(x):
     return x * (1.0 - 1.0 / (1.0 + tl.exp(2.0 * u)))
 
 
-@triton.autotune(configs=_configs(), key=["M", "N", "K"])
+# Tuned per (N, K) and power-of-two bucket of M: token counts vary with every batch, and
+# re-tuning for each exact M would cost more than it gains.
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K"])
 @triton.jit
 def _linear_kernel(
     x_ptr,
@@ -71,6 +73,7 @@ def _linear_kernel(
     residual_n_stride,
     out_m_stride,
     out_n_stride,
+    M_BUCKET,
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
@@ -183,6 +186,7 @@ def linear(
         residual.stride(1) if residual is not None else 0,
         out.stride(0),
         out.stride(1),
+        min(triton.next_power_of_2(M), 1 << 16),
         HAS_BIAS=bias is not None,
         ACTIVATION=ACTIVATIONS[activation],
         HAS_RESIDUAL=residual is not None,
