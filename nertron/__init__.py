@@ -13,6 +13,8 @@ _EXPORTS = {
     "BertOutput": "nertron.engine.bert",
     "load_checkpoint": "nertron.engine.checkpoint",
     "WordPieceTokenizer": "nertron.engine.tokenizer",
+    "ScalarMix": "nertron.bindings.pooling",
+    "LayerPooling": "nertron.bindings.pooling",
     "patch": "nertron.bindings.patch",
     "unpatch": "nertron.bindings.patch",
     "CRF": "nertron.bindings.crf",
