@@ -114,11 +114,10 @@ def _log_matmul_exp(alpha: torch.Tensor, transitions: torch.Tensor,
         # shape: (B, K)
         return torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1)
     et, col_max = exp_trans
-    # shape: (B, 1); a row of -inf (unreachable) shifts by 0
-    m = alpha.detach().amax(1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    # shape: (B, 1); clamped so that an all -inf row (unreachable) stays -inf, not NaN
+    m = alpha.detach().amax(1, keepdim=True).clamp_(min=-1e30)
     # shape: (B, K)
-    return torch.log(torch.exp(alpha - m) @ et) + m + col_max
+    return torch.log(torch.exp(alpha - m) @ et) + (m + col_max)
 
 
 def _alphas(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
@@ -130,10 +129,11 @@ def _alphas(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
     # shape: (B, K)
     alpha = start.to(dt) + emissions[:, 0]
     history = [alpha] if keep else None
+    all_on = int(mask.sum(1).min())  # steps before this are on in every row: no select
     for t in range(1, emissions.size(1)):
         # shape: (B, K)
         nxt = _log_matmul_exp(alpha, transitions, exp_trans) + emissions[:, t]
-        alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
+        alpha = nxt if t < all_on else torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
         if keep:
             history.append(alpha)
     return alpha, history
@@ -222,12 +222,20 @@ def crf_viterbi_torch(emissions: torch.Tensor, mask: torch.Tensor, start: torch.
     # back-pointers: history[t, b, j] = best previous tag of tag j at step t
     # shape: (T', B, K)
     history = torch.zeros((t_max, B, K), dtype=bp_dtype, device=em.device)
+    # transposed so that the max over the previous tag reduces the contiguous last dim;
+    # one (B, K, K) buffer reused by every step (allocating it per step costs more than
+    # the max itself for large K)
+    # shape: (K_next, K_prev)
+    tr_t = tr.t().contiguous()
+    # shape: (B, K_next, K_prev)
+    cand = em.new_empty((B, K, K))
     # shape: (B, K)
     score = start.to(dt) + em[:, 0]
     for t in range(1, t_max):
+        torch.add(score.unsqueeze(1), tr_t, out=cand)
         # the emission does not depend on the previous tag: add it after the max
         # shape: (B, K)
-        best, idx = (score.unsqueeze(2) + tr).max(dim=1)
+        best, idx = cand.max(dim=2)
         score = torch.where(mask[:, t].unsqueeze(1), best + em[:, t], score)
         history[t] = idx
     # shape: (B,)
