@@ -1,0 +1,421 @@
+"""The ner-bert model family on nertron's modules.
+
+Every model is: a frozen BERT encoder (``BertModel``), weighted-layer pooling of its hidden
+states (``LayerPooling``; ner-bert's ``bert_mode='weighted'``, the ELMo ``'softmax'`` mix, or
+``'last'``), then a head over **words**: the pooled vector of each word's first sub-token
+is gathered, so continuation sub-tokens never enter the head, the loss or the metrics (the
+seed's ``X`` label). Heads:
+
+- ``BertBiLSTMCRF``: BiLSTM, linear emissions, CRF.
+- ``BertBiLSTMAttnCRF``: BiLSTM, multi-head self-attention, CRF.
+- ``BertAttnCRF``: multi-head self-attention over the pooled BERT vectors, CRF.
+- ``BertBiLSTMAttnNMT``: BiLSTM encoder, LSTM decoder with Bahdanau attention emitting one
+  tag per word, greedy (teacher-forced in training), as in the seed.
+- ``BertBiLSTMAttnCRFJoint`` / ``BertBiLSTMAttnNMTJoint``: the same plus a sentence classifier
+  (masked mean pooling + linear) for the intent; loss = tag loss + classification loss.
+
+CRF models decode with BIO/IOB1/BIOES constraints built from the label set (on by default).
+Because pooling mixes each position independently and linearly, mixing the gathered
+first-sub-token vectors equals gathering the mixed sequence: the learner caches the frozen
+BERT's word-level hidden states once and trains the head on them (``features=``).
+
+``Model.create(label_size, checkpoint_dir, ...)`` takes the seed's hyper-parameters;
+``save(dir)`` writes ``head.safetensors`` (all weights but the frozen BERT's, unless it was
+fine-tuned), ``model.json`` (class + config) and the label vocabulary; ``load(dir)``
+restores an identical model (the BERT from its checkpoint directory).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nertron.bindings.crf import CRF, allowed_transitions
+from nertron.bindings.pooling import LayerPooling
+from nertron.engine.bert import BertModel
+
+IGNORE_INDEX = -100
+BERT_MODES = ("weighted", "softmax", "last")
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a model (the seed's names). Round-trips through ``model.json``."""
+
+    label_size: int
+    checkpoint_dir: str
+    labels: list[str] | None = None  # tag names by id; CRF constraints are built from them
+    pad_label: str | None = "<pad>"  # never a real word's tag: decoding may not produce it
+    tag_scheme: str = "IOB2"
+    intent_size: int = 0
+    enc_hidden_dim: int = 128
+    rnn_layers: int = 1
+    num_heads: int = 3
+    key_dim: int = 64
+    val_dim: int = 64
+    dec_embedding_dim: int = 64
+    dec_hidden_dim: int = 128
+    input_dropout: float = 0.5
+    attn_dropout: float = 0.3
+    bert_mode: str = "weighted"
+    freeze: bool = True
+    constrained: bool = True
+    backend: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.label_size < 2:
+            raise ValueError(f"label_size must be at least 2, got {self.label_size}")
+        if self.labels is not None and len(self.labels) != self.label_size:
+            raise ValueError(f"{len(self.labels)} label names for label_size={self.label_size}")
+        if self.bert_mode not in BERT_MODES:
+            raise ValueError(f"bert_mode must be one of {BERT_MODES}, got {self.bert_mode!r}")
+        if self.enc_hidden_dim % 2:
+            raise ValueError(f"enc_hidden_dim must be even (two LSTM directions), got {self.enc_hidden_dim}")
+
+
+@dataclass
+class ModelOutput:
+    loss: Tensor | None = None  # scalar: tag loss (+ intent loss)
+    tags: Tensor | None = None  # (B, W) predicted tag ids, -1 at padding
+    intent_logits: Tensor | None = None  # (B, C)
+    emissions: Tensor | None = None  # (B, W, K)
+
+
+class BertFeatures(nn.Module):
+    """Frozen BERT + weighted-layer pooling, gathered at each word's first sub-token."""
+
+    def __init__(self, bert: BertModel, mode: str, freeze: bool):
+        super().__init__()
+        self.bert = bert
+        self.mode = mode
+        self.freeze = freeze
+        layers = bert.config.num_hidden_layers
+        self.pooling = LayerPooling(layers, mode=mode, backend=bert.backend) if mode != "last" else None
+        if freeze:
+            bert.requires_grad_(False)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.bert.config.hidden_size
+
+    def cached_layers(self) -> int:
+        """How many hidden states a cache entry stores per word (the mixed ones, or the last)."""
+        return self.bert.config.num_hidden_layers if self.pooling is not None else 1
+
+    def hidden_states(self, batch: dict[str, Tensor]) -> Tensor:
+        """The frozen BERT's word-level states to cache: (L, B, W, H) in the model's dtype."""
+        out = self._run_bert(batch, output_hidden_states=self.pooling is not None)
+        states = out.hidden_states[1:] if self.pooling is not None else (out.last_hidden_state,)
+        return torch.stack([_gather_words(s, batch["word_index"]) for s in states])
+
+    def _run_bert(self, batch: dict[str, Tensor], output_hidden_states: bool = False, layer_mix: Tensor | None = None):
+        grad = torch.is_grad_enabled() and not self.freeze
+        with torch.set_grad_enabled(grad):
+            return self.bert(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch.get("token_type_ids"),
+                output_hidden_states=output_hidden_states,
+                layer_mix=layer_mix,
+            )
+
+    def mix(self, stacked: Tensor) -> Tensor:
+        """Pool cached (L, B, W, H) states into (B, W, H) fp32."""
+        if self.pooling is None:
+            return stacked[0].float()
+        return self.pooling(tuple([stacked[0]]) + tuple(stacked)).float()  # LayerPooling skips index 0
+
+    def forward(self, batch: dict[str, Tensor], features: Tensor | None = None) -> Tensor:
+        """(B, W, H) fp32 word vectors, from cached ``features`` (L, B, W, H) or by running BERT."""
+        if features is not None:
+            return self.mix(features)
+        if self.pooling is None:
+            return _gather_words(self._run_bert(batch).last_hidden_state, batch["word_index"]).float()
+        if torch.is_grad_enabled():
+            # Training the mixing weights: keep the layers (the pooling kernel has a backward).
+            return self.mix(self.hidden_states(batch))
+        # Inference: the mix is accumulated inside the encoder (fused on GPU); no layer stack.
+        coef = torch.cat([self.pooling.mix_coefficients().new_zeros(1), self.pooling.mix_coefficients()])
+        mixed = self._run_bert(batch, layer_mix=coef).layer_mix  # shape: (B, T, H), fp32
+        return _gather_words(mixed, batch["word_index"])
+
+
+def _gather_words(states: Tensor, word_index: Tensor) -> Tensor:
+    """states (B, T, H), word_index (B, W) sub-token index of each word's first piece -> (B, W, H)."""
+    index = word_index.clamp(min=0).unsqueeze(-1).expand(-1, -1, states.shape[-1])
+    return states.gather(1, index)
+
+
+class BiLSTM(nn.Module):
+    def __init__(self, input_dim: int, hidden_dim: int, layers: int, dropout: float):
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden_dim // 2, layers, batch_first=True, bidirectional=True,
+                            dropout=dropout if layers > 1 else 0.0)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out  # shape: (B, W, hidden_dim)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with the seed's ``key_dim``/``val_dim`` per head, key padding mask,
+    residual and LayerNorm."""
+
+    def __init__(self, model_dim: int, num_heads: int, key_dim: int, val_dim: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, val_dim
+        self.query = nn.Linear(model_dim, num_heads * key_dim)
+        self.key = nn.Linear(model_dim, num_heads * key_dim)
+        self.value = nn.Linear(model_dim, num_heads * val_dim)
+        self.output = nn.Linear(num_heads * val_dim, model_dim)
+        self.norm = nn.LayerNorm(model_dim)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        b, w, _ = x.shape
+        q = self.query(x).view(b, w, self.num_heads, self.key_dim).transpose(1, 2)  # shape: (B, h, W, dk)
+        k = self.key(x).view(b, w, self.num_heads, self.key_dim).transpose(1, 2)
+        v = self.value(x).view(b, w, self.num_heads, self.val_dim).transpose(1, 2)  # shape: (B, h, W, dv)
+        keep = mask[:, None, None, :].clone()
+        keep[:, :, :, 0] = True  # an all-padding row must not give NaN; its outputs are masked later
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        context = context.transpose(1, 2).reshape(b, w, self.num_heads * self.val_dim)
+        return self.norm(x + F.dropout(self.output(context), self.dropout, self.training))
+
+
+class NMTDecoder(nn.Module):
+    """LSTM decoder with Bahdanau (additive) attention over the encoder states, one tag per word.
+
+    Step t reads the embedding of tag t-1 (a start symbol first), the encoder state of word t
+    and the attention context; it is teacher-forced in training and greedy at inference.
+    """
+
+    def __init__(self, enc_dim: int, label_size: int, embedding_dim: int, hidden_dim: int, dropout: float):
+        super().__init__()
+        self.label_size = label_size
+        self.embedding = nn.Embedding(label_size + 1, embedding_dim)  # the last id is <start>
+        self.cell = nn.LSTMCell(embedding_dim + 2 * enc_dim, hidden_dim)
+        self.init_h = nn.Linear(enc_dim, hidden_dim)
+        self.attn_enc = nn.Linear(enc_dim, hidden_dim, bias=False)
+        self.attn_dec = nn.Linear(hidden_dim, hidden_dim)
+        self.attn_v = nn.Linear(hidden_dim, 1, bias=False)
+        self.out = nn.Linear(hidden_dim + enc_dim, label_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, enc: Tensor, mask: Tensor, tags: Tensor | None = None) -> Tensor:
+        """Returns logits (B, W, K); ``tags`` (B, W) teacher-forces, else greedy decoding."""
+        b, w, _ = enc.shape
+        maskf = mask.float()
+        mean = (enc * maskf[..., None]).sum(1) / maskf.sum(1, keepdim=True).clamp(min=1)
+        h = torch.tanh(self.init_h(mean))
+        c = torch.zeros_like(h)
+        keys = self.attn_enc(enc)  # shape: (B, W, Hd)
+        prev = torch.full((b,), self.label_size, dtype=torch.long, device=enc.device)
+        logits = []
+        for t in range(w):
+            scores = self.attn_v(torch.tanh(keys + self.attn_dec(h)[:, None, :])).squeeze(-1)  # shape: (B, W)
+            scores = scores.masked_fill(~mask, float("-inf"))  # every row has a first word (data rejects empty ones)
+            context = torch.bmm(torch.softmax(scores, -1)[:, None, :], enc).squeeze(1)  # shape: (B, E)
+            h, c = self.cell(torch.cat([self.embedding(prev), enc[:, t], context], -1), (h, c))
+            step = self.out(self.dropout(torch.cat([h, context], -1)))  # shape: (B, K)
+            logits.append(step)
+            if tags is not None:
+                prev = tags[:, t].clamp(min=0)
+            else:
+                prev = step.argmax(-1)
+        return torch.stack(logits, 1)
+
+
+class NerModel(nn.Module):
+    """Base class: BERT features -> head -> CRF or NMT decoder (+ optional intent classifier)."""
+
+    use_lstm = True
+    use_attention = False
+    decoder = "crf"
+    joint = False
+
+    def __init__(self, config: ModelConfig, bert: BertModel):
+        super().__init__()
+        config.validate()
+        if self.joint and config.intent_size < 2:
+            raise ValueError(f"{type(self).__name__} classifies intents: intent_size must be at least 2")
+        self.config = config
+        self.features = BertFeatures(bert, config.bert_mode, config.freeze)
+        dim = self.features.hidden_size
+        self.input_dropout = nn.Dropout(config.input_dropout)
+        if self.use_lstm:
+            self.lstm = BiLSTM(dim, config.enc_hidden_dim, config.rnn_layers, config.input_dropout)
+            dim = config.enc_hidden_dim
+        if self.use_attention:
+            self.attention = MultiHeadAttention(dim, config.num_heads, config.key_dim, config.val_dim, config.attn_dropout)
+        if self.decoder == "crf":
+            self.emissions = nn.Linear(dim, config.label_size)
+            self.crf = CRF(config.label_size, batch_first=True, backend=config.backend)
+            if config.constrained and config.labels is not None:
+                scheme = {"IOB2": "BIO", "BIO": "BIO", "IOB1": "IOB1", "BIOES": "BIOES"}[config.tag_scheme]
+                transitions, start, end = allowed_transitions(config.labels, scheme)
+                pad = self._pad_id()
+                if pad is not None:
+                    transitions[pad, :] = transitions[:, pad] = start[pad] = end[pad] = False
+                self.crf.set_constraints(transitions, start, end)
+        else:
+            self.nmt = NMTDecoder(dim, config.label_size, config.dec_embedding_dim, config.dec_hidden_dim,
+                                  config.input_dropout)
+        if self.joint:
+            self.intent = nn.Linear(dim, config.intent_size)
+
+    def _pad_id(self) -> int | None:
+        labels, pad = self.config.labels, self.config.pad_label
+        return labels.index(pad) if (labels is not None and pad in labels) else None
+
+    # --- construction and persistence ------------------------------------------------------
+
+    @classmethod
+    def create(cls, label_size: int, checkpoint_dir: str | Path, **kwargs: Any) -> "NerModel":
+        """Build a model over the BERT checkpoint in ``checkpoint_dir`` (seed-style factory)."""
+        config = ModelConfig(label_size=label_size, checkpoint_dir=str(checkpoint_dir), **kwargs)
+        bert = BertModel.from_pretrained(checkpoint_dir, backend=config.backend)
+        return cls(config, bert)
+
+    def save(self, directory: str | Path, vocab: Any | None = None) -> None:
+        """Write ``model.json``, ``head.safetensors`` and (if given) the label vocabulary."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
+                 if not (self.config.freeze and k.startswith("features.bert."))}
+        save_file(state, str(directory / "head.safetensors"))
+        meta = {"class": type(self).__name__, "config": asdict(self.config)}
+        (directory / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if vocab is not None:
+            vocab.save(directory / "labels.json")
+
+    @staticmethod
+    def load(directory: str | Path, checkpoint_dir: str | Path | None = None, backend: str | None = None) -> "NerModel":
+        """Restore a saved model; ``checkpoint_dir`` overrides where its BERT is read from."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_file = directory / "model.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"no saved nertron model in {directory} (model.json missing)")
+        meta = json.loads(meta_file.read_text())
+        cls = MODEL_CLASSES.get(meta.get("class"))
+        if cls is None:
+            raise ValueError(f"{meta_file}: unknown model class {meta.get('class')!r}; known: {sorted(MODEL_CLASSES)}")
+        config = ModelConfig(**meta["config"])
+        if checkpoint_dir is not None:
+            config.checkpoint_dir = str(checkpoint_dir)
+        if backend is not None:
+            config.backend = backend
+        bert = BertModel.from_pretrained(config.checkpoint_dir, backend=config.backend)
+        model = cls(config, bert)
+        state = load_file(str(directory / "head.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (config.freeze and k.startswith("features.bert."))]
+        if missing or unexpected:
+            raise ValueError(f"{directory / 'head.safetensors'} does not fit {cls.__name__}: "
+                             f"missing {missing}, unexpected {unexpected}")
+        return model.eval()
+
+    # --- forward ---------------------------------------------------------------------------
+
+    def encode(self, batch: dict[str, Tensor], features: Tensor | None = None) -> Tensor:
+        """Word-level encoder states (B, W, D)."""
+        mask = batch["word_mask"]
+        x = self.input_dropout(self.features(batch, features))
+        if self.use_lstm:
+            x = self.lstm(x, mask)
+        if self.use_attention:
+            x = self.attention(x, mask)
+        return x
+
+    def forward(self, batch: dict[str, Tensor], features: Tensor | None = None, decode: bool = True) -> ModelOutput:
+        """Args:
+            batch: ``input_ids``/``attention_mask``/``token_type_ids`` (B, T), ``word_index`` and
+                ``word_mask`` (B, W), optional ``labels`` (B, W) and ``intents`` (B,).
+            features: cached BERT states (L, B, W, H) instead of running BERT.
+            decode: also return predicted tags.
+        """
+        mask = batch["word_mask"]
+        enc = self.encode(batch, features)
+        labels = batch.get("labels")
+        out = ModelOutput()
+        if self.decoder == "crf":
+            emissions = self.emissions(enc)  # shape: (B, W, K)
+            out.emissions = emissions
+            if labels is not None:
+                out.loss = -self.crf(emissions, labels.clamp(min=0), mask, reduction="token_mean")
+            if decode:
+                out.tags = self.crf.decode(emissions, mask, as_tensor=True)[0]
+        else:
+            logits = self.nmt(enc, mask, labels if (labels is not None and self.training) else None)
+            out.emissions = logits
+            if labels is not None:
+                out.loss = F.cross_entropy(logits.flatten(0, 1), labels.masked_fill(~mask, IGNORE_INDEX).flatten(),
+                                           ignore_index=IGNORE_INDEX)
+            if decode:
+                greedy = logits if not self.training else self.nmt(enc, mask, None)
+                pad = self._pad_id()
+                if pad is not None:
+                    greedy = greedy.clone()
+                    greedy[..., pad] = float("-inf")
+                out.tags = greedy.argmax(-1).masked_fill(~mask, -1)
+        if self.joint:
+            maskf = mask.float()[..., None]
+            sentence = (enc * maskf).sum(1) / maskf.sum(1).clamp(min=1)  # masked mean, shape: (B, D)
+            out.intent_logits = self.intent(sentence)
+            if batch.get("intents") is not None:
+                intent_loss = F.cross_entropy(out.intent_logits, batch["intents"])
+                out.loss = intent_loss if out.loss is None else out.loss + intent_loss
+        return out
+
+    def marginals(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-word tag probabilities (B, W, K) from the CRF (confidence scores)."""
+        if self.decoder != "crf":
+            with torch.no_grad():
+                return torch.softmax(self.forward(batch, decode=False).emissions.float(), -1)
+        with torch.no_grad():
+            emissions = self.emissions(self.encode(batch))
+            return self.crf.marginals(emissions, batch["word_mask"])
+
+
+class BertBiLSTMCRF(NerModel):
+    use_lstm, use_attention, decoder = True, False, "crf"
+
+
+class BertBiLSTMAttnCRF(NerModel):
+    use_lstm, use_attention, decoder = True, True, "crf"
+
+
+class BertAttnCRF(NerModel):
+    use_lstm, use_attention, decoder = False, True, "crf"
+
+
+class BertBiLSTMAttnNMT(NerModel):
+    use_lstm, use_attention, decoder = True, True, "nmt"
+
+
+class BertBiLSTMAttnCRFJoint(BertBiLSTMAttnCRF):
+    joint = True
+
+
+class BertBiLSTMAttnNMTJoint(BertBiLSTMAttnNMT):
+    joint = True
+
+
+MODEL_CLASSES = {
+    cls.__name__: cls
+    for cls in (BertBiLSTMCRF, BertBiLSTMAttnCRF, BertAttnCRF, BertBiLSTMAttnNMT, BertBiLSTMAttnCRFJoint,
+                BertBiLSTMAttnNMTJoint)
+}

@@ -1,0 +1,167 @@
+"""The ner-bert model family: every class builds, trains a step, decodes, saves and loads
+identically, on the real MiniLM checkpoint and real CoNLL-2003 sentences."""
+import pytest
+import torch
+
+from nertron.engine.models import (
+    MODEL_CLASSES,
+    BertBiLSTMAttnCRF,
+    BertBiLSTMAttnCRFJoint,
+    BertBiLSTMCRF,
+    ModelConfig,
+    NerModel,
+)
+
+transformers = pytest.importorskip("transformers")
+
+LABELS = ["<pad>", "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def iob1_to_iob2(tags):
+    out, previous = [], "O"
+    for tag in tags:
+        if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]):
+            tag = "B-" + tag[2:]
+        out.append(tag)
+        previous = tag
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch(minilm_dir, conll_dev):
+    """8 real sentences: sub-token inputs, first-sub-token index per word, IOB2 labels."""
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(str(minilm_dir))
+    sentences = [s for s in conll_dev if 3 <= len(s[0]) <= 30][:8]
+    enc = tokenizer([w for w, _ in sentences], is_split_into_words=True, padding=True, return_tensors="pt")
+    width = max(len(w) for w, _ in sentences)
+    word_index = torch.zeros(len(sentences), width, dtype=torch.long)
+    word_mask = torch.zeros(len(sentences), width, dtype=torch.bool)
+    labels = torch.full((len(sentences), width), -100)
+    for i, (words, tags) in enumerate(sentences):
+        seen = set()
+        for position, word in enumerate(enc.word_ids(i)):
+            if word is not None and word not in seen:
+                seen.add(word)
+                word_index[i, word] = position
+        word_mask[i, : len(words)] = True
+        labels[i, : len(words)] = torch.tensor([LABELS.index(t) for t in iob1_to_iob2(tags)])
+    return dict(enc, word_index=word_index, word_mask=word_mask, labels=labels, intents=torch.arange(8) % 3)
+
+
+def _make(cls, minilm_dir, **kwargs):
+    torch.manual_seed(0)
+    options = dict(labels=LABELS, enc_hidden_dim=32, num_heads=2, key_dim=16, val_dim=16, dec_embedding_dim=8,
+                   dec_hidden_dim=32, input_dropout=0.1, attn_dropout=0.1)
+    if cls.joint:
+        options["intent_size"] = 3
+    options.update(kwargs)
+    return cls.create(len(LABELS), minilm_dir, **options)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CLASSES))
+def test_train_step_decode_save_load(name, minilm_dir, batch, tmp_path):
+    cls = MODEL_CLASSES[name]
+    model = _make(cls, minilm_dir)
+    assert not any(p.requires_grad for p in model.features.bert.parameters())  # frozen BERT
+    model.train()
+    out = model(batch, decode=False)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    trained = [n for n, p in model.named_parameters() if p.grad is not None]
+    assert "features.pooling.weights" in trained and "features.pooling.gamma" in trained
+    assert not any(n.startswith("features.bert.") for n in trained)
+    head = "crf.transitions" if cls.decoder == "crf" else "nmt.out.weight"
+    assert head in trained
+    if cls.joint:
+        assert "intent.weight" in trained
+
+    model.eval()
+    with torch.no_grad():
+        first = model(batch)
+    mask = batch["word_mask"]
+    assert first.tags.shape == mask.shape
+    assert (first.tags[mask] >= 0).all() and (first.tags[~mask] == -1).all()
+
+    model.save(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["head.safetensors", "model.json"]
+    loaded = NerModel.load(tmp_path / "model")
+    assert type(loaded) is cls and loaded.config == model.config
+    with torch.no_grad():
+        second = loaded(batch)
+    assert torch.equal(first.tags, second.tags)
+    torch.testing.assert_close(first.emissions, second.emissions, atol=0, rtol=0)
+    if cls.joint:
+        torch.testing.assert_close(first.intent_logits, second.intent_logits, atol=0, rtol=0)
+
+
+def test_head_file_excludes_frozen_bert(minilm_dir, tmp_path):
+    model = _make(BertBiLSTMCRF, minilm_dir)
+    model.save(tmp_path)
+    from safetensors.torch import load_file
+
+    keys = load_file(str(tmp_path / "head.safetensors"))
+    assert not any(k.startswith("features.bert.") for k in keys)
+    assert (tmp_path / "head.safetensors").stat().st_size < 2_000_000  # the 90 MB encoder stays in its checkpoint
+
+
+def test_inference_mix_equals_training_mix(minilm_dir, batch):
+    """The fused inference path (layer_mix accumulated in the encoder) equals mixing stored layers."""
+    model = _make(BertBiLSTMAttnCRF, minilm_dir, bert_mode="weighted").eval()
+    with torch.no_grad():
+        model.features.pooling.weights.copy_(torch.linspace(-1, 1, 6))
+        model.features.pooling.gamma.fill_(0.7)
+        fused = model.features(batch)
+        stored = model.features.mix(model.features.hidden_states(batch))
+    torch.testing.assert_close(fused, stored, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_features_equal_running_bert(minilm_dir, batch):
+    model = _make(BertBiLSTMCRF, minilm_dir).eval()
+    with torch.no_grad():
+        direct = model(batch).emissions
+        cached = model(batch, features=model.features.hidden_states(batch)).emissions
+    torch.testing.assert_close(direct, cached, atol=1e-5, rtol=1e-5)
+
+
+def test_constraints_forbid_invalid_bio(minilm_dir, batch):
+    model = _make(BertBiLSTMAttnCRF, minilm_dir).eval()
+    with torch.no_grad():
+        # Emissions that strongly prefer I-PER right after O: constrained decoding must refuse it.
+        model.emissions.bias.zero_()
+        model.emissions.bias[LABELS.index("I-PER")] = 50.0
+        tags = model(batch).tags
+    for row, mask in zip(tags, batch["word_mask"]):
+        previous = "O"
+        for tag in row[mask].tolist():
+            name = LABELS[tag]
+            assert not (name.startswith("I-") and previous[2:] != name[2:]), (previous, name)
+            previous = name
+
+
+def test_last_mode_and_unfrozen(minilm_dir, batch):
+    model = _make(BertBiLSTMCRF, minilm_dir, bert_mode="last", freeze=False)
+    assert model.features.pooling is None
+    model.train()
+    model(batch, decode=False).loss.backward()
+    assert model.features.bert.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_marginals_are_probabilities(minilm_dir, batch):
+    model = _make(BertBiLSTMCRF, minilm_dir).eval()
+    probs = model.marginals(batch)
+    mask = batch["word_mask"]
+    torch.testing.assert_close(probs[mask].sum(-1), torch.ones(int(mask.sum())), atol=1e-5, rtol=0)
+
+
+def test_bad_configurations(minilm_dir, tmp_path):
+    with pytest.raises(ValueError, match="bert_mode must be one of"):
+        ModelConfig(label_size=5, checkpoint_dir=".", bert_mode="mean").validate()
+    with pytest.raises(ValueError, match="3 label names for label_size=5"):
+        ModelConfig(label_size=5, checkpoint_dir=".", labels=["O", "B-X", "I-X"]).validate()
+    with pytest.raises(ValueError, match="intent_size must be at least 2"):
+        BertBiLSTMAttnCRFJoint.create(len(LABELS), minilm_dir, labels=LABELS)
+    with pytest.raises(FileNotFoundError, match="model.json missing"):
+        NerModel.load(tmp_path)
+    (tmp_path / "model.json").write_text('{"class": "Nope", "config": {}}')
+    with pytest.raises(ValueError, match="unknown model class 'Nope'"):
+        NerModel.load(tmp_path)
