@@ -214,14 +214,20 @@ def crf_viterbi_torch(emissions: torch.Tensor, mask: torch.Tensor, start: torch.
     B, T, K = emissions.shape
     dt = _compute_dtype(emissions, transitions)
     lengths = mask.sum(1)
+    all_on = int(lengths.min())  # steps before this are on in every row: no select
     emissions, mask = _trim(emissions, mask)
     t_max = emissions.size(1)
     em = emissions.to(dt)
     tr = transitions.to(dt)
-    bp_dtype = torch.uint8 if K <= 256 else torch.int64
-    # back-pointers: history[t, b, j] = best previous tag of tag j at step t
+    # back-pointers: history[t, b, j] = best previous tag of tag j at step t; int64 (what
+    # gather wants) when small, else the smallest type that holds K
+    small = t_max * B * K <= 1 << 24
+    bp_dtype = torch.int64 if small or K > 256 else torch.uint8
     # shape: (T', B, K)
-    history = torch.zeros((t_max, B, K), dtype=bp_dtype, device=em.device)
+    history = torch.empty((t_max, B, K), dtype=bp_dtype, device=em.device)
+    # padded steps point every tag to itself, so the back-trace needs no per-row logic
+    # shape: (B, K)
+    identity = torch.arange(K, device=em.device).expand(B, K)
     # transposed so that the max over the previous tag reduces the contiguous last dim;
     # one (B, K, K) buffer reused by every step (allocating it per step costs more than
     # the max itself for large K)
@@ -229,26 +235,38 @@ def crf_viterbi_torch(emissions: torch.Tensor, mask: torch.Tensor, start: torch.
     tr_t = tr.t().contiguous()
     # shape: (B, K_next, K_prev)
     cand = em.new_empty((B, K, K))
+    best = em.new_empty((B, K))
     # shape: (B, K)
     score = start.to(dt) + em[:, 0]
     for t in range(1, t_max):
         torch.add(score.unsqueeze(1), tr_t, out=cand)
+        if small:
+            torch.max(cand, dim=2, out=(best, history[t]))
+        else:
+            best, idx = cand.max(dim=2)
         # the emission does not depend on the previous tag: add it after the max
-        # shape: (B, K)
-        best, idx = cand.max(dim=2)
-        score = torch.where(mask[:, t].unsqueeze(1), best + em[:, t], score)
-        history[t] = idx
+        if t < all_on:
+            score = best + em[:, t]  # a new tensor: best is overwritten by the next max
+            if not small:
+                history[t] = idx
+        else:
+            on = mask[:, t].unsqueeze(1)
+            score = torch.where(on, best + em[:, t], score)
+            history[t] = torch.where(on, history[t] if small else idx, identity)
     # shape: (B,)
-    best_score, best_last = (score + end.to(dt)).max(dim=1)
-    # batched back-trace: walk t down; a sequence joins at its last step
-    tags = torch.full((B, T), pad_tag, dtype=torch.int64, device=em.device)
-    cur = best_last
-    for t in range(t_max - 1, -1, -1):
-        if t + 1 < t_max:
-            back = history[t + 1].gather(1, cur.unsqueeze(1)).squeeze(1).long()
-            cur = torch.where(t + 1 < lengths, back, cur)
-        cur = torch.where(t == lengths - 1, best_last, cur)
-        tags[:, t] = torch.where(t < lengths, cur, torch.full_like(cur, pad_tag))
+    best_score, cur = (score + end.to(dt)).max(dim=1)
+    # batched back-trace from the last step: one gather per step
+    tags = torch.empty((B, T), dtype=torch.int64, device=em.device)
+    tags[:, t_max:] = pad_tag
+    tags[:, t_max - 1] = cur
+    cur = cur.unsqueeze(1)
+    for t in range(t_max - 1, 0, -1):
+        cur = history[t].gather(1, cur)
+        if not small:
+            cur = cur.long()
+        tags[:, t - 1:t] = cur
+    if t_max > all_on:
+        tags[:, :t_max].masked_fill_(~mask, pad_tag)
     return tags, best_score
 
 
