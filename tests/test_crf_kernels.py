@@ -86,6 +86,16 @@ def test_kernels_match_reference(B, T, K, dtype, tol, gtol):
     torch.testing.assert_close(probs, crf_marginals_torch(em32, mask, start, end, trans), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("B,T,K", [(3, 5, 2), (2, 6, 17), (2, 3, 33)])
+@pytest.mark.parametrize("dtype,tol,gtol", DTYPES[:2], ids=["fp32", "fp16"])
+def test_tiled_path_with_small_k(monkeypatch, B, T, K, dtype, tol, gtol):
+    # K <= 64 normally keeps the state in registers (single tile): force the scratch-tiled
+    # path that large K takes, on the same checks
+    monkeypatch.setattr(kernels, "SINGLE_TILE_MAX_K", 0)
+    assert not kernels._tile(K)[1]
+    test_kernels_match_reference(B, T, K, dtype, tol, gtol)
+
+
 @pytest.mark.parametrize("K,T", [(2, 4), (3, 3)])
 def test_kernels_against_brute_force(K, T):
     B = 3

@@ -66,6 +66,7 @@ def _crf_viterbi_kernel(
     emis_b_stride, emis_t_stride, emis_k_stride,
     bp_b_stride, bp_t_stride,
     tags_b_stride,
+    SINGLE_TILE: tl.constexpr,
     TILE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -75,54 +76,73 @@ def _crf_viterbi_kernel(
     buf = score_buf_ptr + b * 2 * K  # two rows (ping-pong) of fp32 Viterbi scores
     bp_row = bp_ptr + b * bp_b_stride
 
-    # t = 0: start score + first emission
-    for j0 in range(0, K, TILE):
-        j = j0 + offs
+    if SINGLE_TILE:
+        # K <= TILE: the scores stay in registers, the transition tile is loaded once
+        j = offs
         jm = j < K
+        tr = tl.load(trans_ptr + j[:, None] * K + j[None, :],
+                     mask=jm[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
         e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-        s = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-        tl.store(buf + j, s + e, mask=jm)
-    tl.debug_barrier()
-
-    for t in range(1, length):
-        prev = buf + ((t - 1) % 2) * K
-        cur = buf + (t % 2) * K
+        score = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32) + e
+        for t in range(1, length):
+            # emission loads do not depend on the recursion and can be issued early
+            e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+            x = score[:, None] + tr
+            arg = tl.argmax(x, axis=0)
+            score = tl.max(x, axis=0) + e
+            tl.store(bp_row + t * bp_t_stride + j, arg.to(bp_ptr.dtype.element_ty), mask=jm)
+        best_v = score + tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+        best_i = j
+        tl.debug_barrier()  # back-pointers written by all lanes, read back below
+    else:
+        # t = 0: start score + first emission
         for j0 in range(0, K, TILE):
             j = j0 + offs
             jm = j < K
-            best = tl.full((TILE,), float("-inf"), tl.float32)
-            arg = tl.zeros((TILE,), tl.int32)
-            for i0 in range(0, K, TILE):
-                i = i0 + offs
-                im = i < K
-                # padded source tags load as -inf so they never win the max
-                a = tl.load(prev + i, mask=im, other=float("-inf"))
-                tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
-                             mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
-                x = a[:, None] + tr
-                v = tl.max(x, axis=0)
-                ix = tl.argmax(x, axis=0) + i0
-                upd = v > best  # strict: the first (lowest) source tag wins ties, like torch.max
-                best = tl.where(upd, v, best)
-                arg = tl.where(upd, ix, arg)
-            # the emission does not depend on the source tag: add it after the max
-            e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-            tl.store(cur + j, best + e, mask=jm)
-            tl.store(bp_row + t * bp_t_stride + j, arg.to(bp_ptr.dtype.element_ty), mask=jm)
+            e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+            s = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+            tl.store(buf + j, s + e, mask=jm)
         tl.debug_barrier()
 
-    # end scores, best last tag (kept per lane across tiles, reduced once)
-    last = buf + ((length - 1) % 2) * K
-    best_v = tl.full((TILE,), float("-inf"), tl.float32)
-    best_i = tl.zeros((TILE,), tl.int32)
-    for j0 in range(0, K, TILE):
-        j = j0 + offs
-        jm = j < K
-        v = tl.load(last + j, mask=jm, other=float("-inf")) + \
-            tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-        upd = v > best_v
-        best_v = tl.where(upd, v, best_v)
-        best_i = tl.where(upd, j, best_i)
+        for t in range(1, length):
+            prev = buf + ((t - 1) % 2) * K
+            cur = buf + (t % 2) * K
+            for j0 in range(0, K, TILE):
+                j = j0 + offs
+                jm = j < K
+                best = tl.full((TILE,), float("-inf"), tl.float32)
+                arg = tl.zeros((TILE,), tl.int32)
+                for i0 in range(0, K, TILE):
+                    i = i0 + offs
+                    im = i < K
+                    # padded source tags load as -inf so they never win the max
+                    a = tl.load(prev + i, mask=im, other=float("-inf"))
+                    tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
+                                 mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
+                    x = a[:, None] + tr
+                    v = tl.max(x, axis=0)
+                    ix = tl.argmax(x, axis=0) + i0
+                    upd = v > best  # strict: the first (lowest) source tag wins ties, like torch.max
+                    best = tl.where(upd, v, best)
+                    arg = tl.where(upd, ix, arg)
+                # the emission does not depend on the source tag: add it after the max
+                e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+                tl.store(cur + j, best + e, mask=jm)
+                tl.store(bp_row + t * bp_t_stride + j, arg.to(bp_ptr.dtype.element_ty), mask=jm)
+            tl.debug_barrier()
+
+        # end scores, best last tag (kept per lane across tiles, reduced once)
+        last = buf + ((length - 1) % 2) * K
+        best_v = tl.full((TILE,), float("-inf"), tl.float32)
+        best_i = tl.zeros((TILE,), tl.int32)
+        for j0 in range(0, K, TILE):
+            j = j0 + offs
+            jm = j < K
+            v = tl.load(last + j, mask=jm, other=float("-inf")) + \
+                tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+            upd = v > best_v
+            best_v = tl.where(upd, v, best_v)
+            best_i = tl.where(upd, j, best_i)
     lane = tl.argmax(best_v, axis=0)
     tl.store(best_ptr + b, tl.max(best_v, axis=0))
     tag = tl.sum(tl.where(offs == lane, best_i, 0), axis=0)
@@ -144,6 +164,7 @@ def _crf_forward_kernel(
     emis_b_stride, emis_t_stride, emis_k_stride,
     alpha_b_stride, alpha_t_stride,
     STORE_ALPHA: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,
     TILE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -152,58 +173,79 @@ def _crf_forward_kernel(
     emis_row = emis_ptr + b * emis_b_stride
     a_row = alpha_ptr + b * alpha_b_stride
 
-    for j0 in range(0, K, TILE):
-        j = j0 + offs
+    if SINGLE_TILE:
+        # K <= TILE: alpha stays in registers, the transition tile is loaded once
+        j = offs
         jm = j < K
+        tr = tl.load(trans_ptr + j[:, None] * K + j[None, :],
+                     mask=jm[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
         e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-        s = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-        tl.store(a_row + j, s + e, mask=jm)
-    tl.debug_barrier()
-
-    for t in range(1, length):
-        if STORE_ALPHA:  # keep every alpha for the backward pass
-            prev = a_row + (t - 1) * alpha_t_stride
-            cur = a_row + t * alpha_t_stride
-        else:  # ping-pong between two scratch rows
-            prev = a_row + ((t - 1) % 2) * alpha_t_stride
-            cur = a_row + (t % 2) * alpha_t_stride
+        alpha = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32) + e
+        if STORE_ALPHA:
+            tl.store(a_row + j, alpha, mask=jm)
+        for t in range(1, length):
+            e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+            x = alpha[:, None] + tr
+            m = tl.max(x, axis=0)
+            m_safe = tl.where(m == float("-inf"), 0.0, m)  # all -inf: shift 0, result -inf
+            alpha = m_safe + tl.log(tl.sum(tl.exp(x - m_safe[None, :]), axis=0)) + e
+            if STORE_ALPHA:
+                tl.store(a_row + t * alpha_t_stride + j, alpha, mask=jm)
+        m = alpha + tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+        s = tl.full((TILE,), 1.0, tl.float32)
+    else:
         for j0 in range(0, K, TILE):
             j = j0 + offs
             jm = j < K
-            m = tl.full((TILE,), float("-inf"), tl.float32)
-            s = tl.zeros((TILE,), tl.float32)
-            for i0 in range(0, K, TILE):
-                i = i0 + offs
-                im = i < K
-                a = tl.load(prev + i, mask=im, other=float("-inf"))
-                tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
-                             mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
-                x = a[:, None] + tr
-                # online log-sum-exp over source tiles; shift 0 when everything is -inf
-                m_new = tl.maximum(m, tl.max(x, axis=0))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[None, :]), axis=0)
-                m = m_new
-            m_safe = tl.where(m == float("-inf"), 0.0, m)
-            e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-            tl.store(cur + j, m_safe + tl.log(s) + e, mask=jm)
+            e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+            s = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+            tl.store(a_row + j, s + e, mask=jm)
         tl.debug_barrier()
 
-    if STORE_ALPHA:
-        last = a_row + (length - 1) * alpha_t_stride
-    else:
-        last = a_row + ((length - 1) % 2) * alpha_t_stride
-    m = tl.full((TILE,), float("-inf"), tl.float32)
-    s = tl.zeros((TILE,), tl.float32)
-    for j0 in range(0, K, TILE):
-        j = j0 + offs
-        jm = j < K
-        x = tl.load(last + j, mask=jm, other=float("-inf")) + \
-            tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, x)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
-        m = m_new
+        for t in range(1, length):
+            if STORE_ALPHA:  # keep every alpha for the backward pass
+                prev = a_row + (t - 1) * alpha_t_stride
+                cur = a_row + t * alpha_t_stride
+            else:  # ping-pong between two scratch rows
+                prev = a_row + ((t - 1) % 2) * alpha_t_stride
+                cur = a_row + (t % 2) * alpha_t_stride
+            for j0 in range(0, K, TILE):
+                j = j0 + offs
+                jm = j < K
+                m = tl.full((TILE,), float("-inf"), tl.float32)
+                s = tl.zeros((TILE,), tl.float32)
+                for i0 in range(0, K, TILE):
+                    i = i0 + offs
+                    im = i < K
+                    a = tl.load(prev + i, mask=im, other=float("-inf"))
+                    tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
+                                 mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
+                    x = a[:, None] + tr
+                    # online log-sum-exp over source tiles; shift 0 when everything is -inf
+                    m_new = tl.maximum(m, tl.max(x, axis=0))
+                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[None, :]), axis=0)
+                    m = m_new
+                m_safe = tl.where(m == float("-inf"), 0.0, m)
+                e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+                tl.store(cur + j, m_safe + tl.log(s) + e, mask=jm)
+            tl.debug_barrier()
+
+        if STORE_ALPHA:
+            last = a_row + (length - 1) * alpha_t_stride
+        else:
+            last = a_row + ((length - 1) % 2) * alpha_t_stride
+        m = tl.full((TILE,), float("-inf"), tl.float32)
+        s = tl.zeros((TILE,), tl.float32)
+        for j0 in range(0, K, TILE):
+            j = j0 + offs
+            jm = j < K
+            x = tl.load(last + j, mask=jm, other=float("-inf")) + \
+                tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, x)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+            m = m_new
     mx = tl.max(m, axis=0)
     mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
     total = tl.sum(s * tl.exp(m - mx_safe), axis=0)
@@ -220,6 +262,7 @@ def _crf_backward_kernel(
     alpha_b_stride, alpha_t_stride,
     gemis_b_stride, gemis_t_stride,
     PAIRWISE: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,
     TILE: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -230,67 +273,113 @@ def _crf_backward_kernel(
     gend = gend_ptr + pid.to(tl.int64) * K
     gtrans = gtrans_ptr + pid.to(tl.int64) * K * K
 
-    for b in range(pid, B, nprog):
-        b64 = tl.cast(b, tl.int64)
-        length = tl.load(len_ptr + b64)
-        logz = tl.load(logz_ptr + b64)
-        g = tl.load(glogz_ptr + b64)
-        emis_row = emis_ptr + b64 * emis_b_stride
-        a_row = alpha_ptr + b64 * alpha_b_stride
-        g_row = gemis_ptr + b64 * gemis_b_stride
-        last = length - 1
-        tl.debug_barrier()  # the previous sequence is done with the beta rows
-
-        # t = L - 1: beta = end score; unary marginal feeds d/d end (and d/d start if L == 1)
-        for j0 in range(0, K, TILE):
-            j = j0 + offs
-            jm = j < K
-            en = tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-            a = tl.load(a_row + last * alpha_t_stride + j, mask=jm, other=float("-inf"))
-            tl.store(beta + (last % 2) * K + j, en, mask=jm)
+    if SINGLE_TILE:
+        # K <= TILE: beta and the (K, K) / (K,) gradient accumulators stay in registers
+        # for all the sequences of this program; written once at the end
+        i = offs
+        im = i < K
+        msk = im[:, None] & im[None, :]
+        tr = tl.load(trans_ptr + i[:, None] * K + i[None, :], mask=msk, other=float("-inf")).to(tl.float32)
+        en = tl.load(end_ptr + i, mask=im, other=float("-inf")).to(tl.float32)
+        acc_trans = tl.zeros((TILE, TILE), tl.float32)
+        acc_start = tl.zeros((TILE,), tl.float32)
+        acc_end = tl.zeros((TILE,), tl.float32)
+        for b in range(pid, B, nprog):
+            b64 = tl.cast(b, tl.int64)
+            length = tl.load(len_ptr + b64)
+            logz = tl.load(logz_ptr + b64)
+            g = tl.load(glogz_ptr + b64)
+            emis_row = emis_ptr + b64 * emis_b_stride
+            a_row = alpha_ptr + b64 * alpha_b_stride
+            g_row = gemis_ptr + b64 * gemis_b_stride
+            last = length - 1
+            a = tl.load(a_row + last * alpha_t_stride + i, mask=im, other=float("-inf"))
             p = tl.exp(a + en - logz) * g
-            tl.store(g_row + last * gemis_t_stride + j, p.to(gemis_ptr.dtype.element_ty), mask=jm)
-            tl.store(gend + j, tl.load(gend + j, mask=jm, other=0.0) + p, mask=jm)
-            if length == 1:
-                tl.store(gstart + j, tl.load(gstart + j, mask=jm, other=0.0) + p, mask=jm)
-        tl.debug_barrier()
-
-        for tt in range(1, length):
-            t = length - tt  # L-1 down to 1: beta_t is known, compute beta_{t-1}
-            b_cur = beta + (t % 2) * K
-            b_prev = beta + ((t - 1) % 2) * K
-            for i0 in range(0, K, TILE):
-                i = i0 + offs
-                im = i < K
+            tl.store(g_row + last * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
+            acc_end += p
+            beta = en
+            for tt in range(1, length):
+                t = length - tt  # L-1 down to 1: beta_t is known, compute beta_{t-1}
+                e = tl.load(emis_row + t * emis_t_stride + i * emis_k_stride, mask=im, other=0.0).to(tl.float32)
                 a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
-                m = tl.full((TILE,), float("-inf"), tl.float32)
-                s = tl.zeros((TILE,), tl.float32)
-                for j0 in range(0, K, TILE):
-                    j = j0 + offs
-                    jm = j < K
-                    bt = tl.load(b_cur + j, mask=jm, other=float("-inf"))
-                    e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-                    tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
-                                 mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
-                    w = tr + (e + bt)[None, :]  # (TILE_i, TILE_j): i -> j, emit j, then the rest
-                    m_new = tl.maximum(m, tl.max(w, axis=1))
-                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                    s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(w - m_safe[:, None]), axis=1)
-                    m = m_new
-                    if PAIRWISE:
-                        # pairwise marginal P(y_{t-1}=i, y_t=j), accumulated over t and b
-                        xi = tl.exp(a_prev[:, None] + w - logz) * g
-                        ptrs = gtrans + i[:, None] * K + j[None, :]
-                        msk = im[:, None] & jm[None, :]
-                        tl.store(ptrs, tl.load(ptrs, mask=msk, other=0.0) + xi, mask=msk)
+                w = tr + (e + beta)[None, :]  # [i, j]: i -> j, emit j, then the rest
+                m = tl.max(w, axis=1)
                 m_safe = tl.where(m == float("-inf"), 0.0, m)
-                b_new = m_safe + tl.log(s)
-                tl.store(b_prev + i, b_new, mask=im)
-                p = tl.exp(a_prev + b_new - logz) * g
+                ew = tl.exp(w - m_safe[:, None])
+                beta = m_safe + tl.log(tl.sum(ew, axis=1))
+                if PAIRWISE:
+                    # P(y_{t-1}=i, y_t=j) = exp(a_prev_i + w_ij - logZ), reusing exp(w - m):
+                    # a_prev + m - logZ <= 0 (a sub-sum of Z), so the factor cannot overflow
+                    acc_trans += ew * (tl.exp(a_prev + m_safe - logz) * g)[:, None]
+                p = tl.exp(a_prev + beta - logz) * g
                 tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
-                if t == 1:
-                    tl.store(gstart + i, tl.load(gstart + i, mask=im, other=0.0) + p, mask=im)
+            acc_start += p  # the marginal of step 0 (of step L-1 = 0 when L == 1)
+        tl.store(gstart + i, acc_start, mask=im)
+        tl.store(gend + i, acc_end, mask=im)
+        if PAIRWISE:
+            tl.store(gtrans + i[:, None] * K + i[None, :], acc_trans, mask=msk)
+    else:
+        for b in range(pid, B, nprog):
+            b64 = tl.cast(b, tl.int64)
+            length = tl.load(len_ptr + b64)
+            logz = tl.load(logz_ptr + b64)
+            g = tl.load(glogz_ptr + b64)
+            emis_row = emis_ptr + b64 * emis_b_stride
+            a_row = alpha_ptr + b64 * alpha_b_stride
+            g_row = gemis_ptr + b64 * gemis_b_stride
+            last = length - 1
+            tl.debug_barrier()  # the previous sequence is done with the beta rows
+
+            # t = L - 1: beta = end score; unary marginal feeds d/d end (and d/d start if L == 1)
+            for j0 in range(0, K, TILE):
+                j = j0 + offs
+                jm = j < K
+                en = tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+                a = tl.load(a_row + last * alpha_t_stride + j, mask=jm, other=float("-inf"))
+                tl.store(beta + (last % 2) * K + j, en, mask=jm)
+                p = tl.exp(a + en - logz) * g
+                tl.store(g_row + last * gemis_t_stride + j, p.to(gemis_ptr.dtype.element_ty), mask=jm)
+                tl.store(gend + j, tl.load(gend + j, mask=jm, other=0.0) + p, mask=jm)
+                if length == 1:
+                    tl.store(gstart + j, tl.load(gstart + j, mask=jm, other=0.0) + p, mask=jm)
             tl.debug_barrier()
+
+            for tt in range(1, length):
+                t = length - tt  # L-1 down to 1: beta_t is known, compute beta_{t-1}
+                b_cur = beta + (t % 2) * K
+                b_prev = beta + ((t - 1) % 2) * K
+                for i0 in range(0, K, TILE):
+                    i = i0 + offs
+                    im = i < K
+                    a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
+                    m = tl.full((TILE,), float("-inf"), tl.float32)
+                    s = tl.zeros((TILE,), tl.float32)
+                    for j0 in range(0, K, TILE):
+                        j = j0 + offs
+                        jm = j < K
+                        bt = tl.load(b_cur + j, mask=jm, other=float("-inf"))
+                        e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+                        tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
+                                     mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
+                        w = tr + (e + bt)[None, :]  # (TILE_i, TILE_j): i -> j, emit j, then the rest
+                        m_new = tl.maximum(m, tl.max(w, axis=1))
+                        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                        s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(w - m_safe[:, None]), axis=1)
+                        m = m_new
+                        if PAIRWISE:
+                            # pairwise marginal P(y_{t-1}=i, y_t=j), accumulated over t and b
+                            xi = tl.exp(a_prev[:, None] + w - logz) * g
+                            ptrs = gtrans + i[:, None] * K + j[None, :]
+                            msk = im[:, None] & jm[None, :]
+                            tl.store(ptrs, tl.load(ptrs, mask=msk, other=0.0) + xi, mask=msk)
+                    m_safe = tl.where(m == float("-inf"), 0.0, m)
+                    b_new = m_safe + tl.log(s)
+                    tl.store(b_prev + i, b_new, mask=im)
+                    p = tl.exp(a_prev + b_new - logz) * g
+                    tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
+                    if t == 1:
+                        tl.store(gstart + i, tl.load(gstart + i, mask=im, other=0.0) + p, mask=im)
+                tl.debug_barrier()
 
 
 # --------------------------------------------------------------------------------------
@@ -299,10 +388,15 @@ def _crf_backward_kernel(
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _tile(num_tags: int) -> Tuple[int, int]:
-    """Tile width over tags and warps: one 16..64-wide tile, larger K loops over tiles."""
+# K up to this runs the register-resident single-tile path (tests lower it to cover the
+# tiled path with small K)
+SINGLE_TILE_MAX_K = 64
+
+
+def _tile(num_tags: int) -> Tuple[int, bool, int]:
+    """Tile width over tags (16..64; larger K loops over tiles), single-tile flag, warps."""
     tile = min(max(triton.next_power_of_2(num_tags), 16), 64)
-    return tile, {16: 1, 32: 2, 64: 4}[tile]
+    return tile, num_tags <= min(tile, SINGLE_TILE_MAX_K), {16: 1, 32: 2, 64: 4}[tile]
 
 
 def backpointer_dtype(num_tags: int) -> torch.dtype:
@@ -354,7 +448,7 @@ def crf_viterbi(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Ten
     """
     B, T, K, lengths, start, end, trans = _check(emissions, lengths, start, end, transitions)
     dev = emissions.device
-    tile, warps = _tile(K)
+    tile, single, warps = _tile(K)
     scratch = torch.empty((B, 2, K), device=dev, dtype=torch.float32)
     bp = torch.empty((B, T, K), device=dev, dtype=backpointer_dtype(K))
     tags = torch.full((B, T), pad_tag, device=dev, dtype=torch.int64)
@@ -366,7 +460,7 @@ def crf_viterbi(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Ten
         emissions.stride(0), emissions.stride(1), emissions.stride(2),
         bp.stride(0), bp.stride(1),
         tags.stride(0),
-        TILE=tile, num_warps=warps,
+        SINGLE_TILE=single, TILE=tile, num_warps=warps,
     )
     return tags, best
 
@@ -385,7 +479,7 @@ def crf_forward(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Ten
     """
     B, T, K, lengths, start, end, trans = _check(emissions, lengths, start, end, transitions)
     dev = emissions.device
-    tile, warps = _tile(K)
+    tile, single, warps = _tile(K)
     alpha = torch.empty((B, T if store_alpha else 2, K), device=dev, dtype=torch.float32)
     logz = torch.empty((B,), device=dev, dtype=torch.float32)
     _crf_forward_kernel[(B,)](
@@ -394,7 +488,7 @@ def crf_forward(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Ten
         K,
         emissions.stride(0), emissions.stride(1), emissions.stride(2),
         alpha.stride(0), alpha.stride(1),
-        STORE_ALPHA=store_alpha, TILE=tile, num_warps=warps,
+        STORE_ALPHA=store_alpha, SINGLE_TILE=single, TILE=tile, num_warps=warps,
     )
     return logz, (alpha if store_alpha else None)
 
@@ -429,7 +523,7 @@ def crf_backward(emissions: torch.Tensor, lengths: torch.Tensor, end: torch.Tens
     dev = emissions.device
     if alpha.shape != (B, T, K) or alpha.dtype != torch.float32 or alpha.stride(2) != 1:
         raise ValueError("alpha must be the fp32 (B, T, K) tensor from crf_forward(store_alpha=True)")
-    tile, warps = _tile(K)
+    tile, single, warps = _tile(K)
     P = _num_programs(B, dev)
     beta = torch.empty((P, 2, K), device=dev, dtype=torch.float32)
     gemis = torch.zeros((B, T, K), device=dev, dtype=grad_dtype or emissions.dtype)
@@ -444,7 +538,7 @@ def crf_backward(emissions: torch.Tensor, lengths: torch.Tensor, end: torch.Tens
         emissions.stride(0), emissions.stride(1), emissions.stride(2),
         alpha.stride(0), alpha.stride(1),
         gemis.stride(0), gemis.stride(1),
-        PAIRWISE=pairwise, TILE=tile, num_warps=warps,
+        PAIRWISE=pairwise, SINGLE_TILE=single, TILE=tile, num_warps=warps,
     )
     return gemis, gstart.sum(0), gend.sum(0), (gtrans.sum(0) if pairwise else None)
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: the GPU tests and GPU benchmarks, results under ${OUT:-bench/results}.
+#
+#     bash bench/gpu_check.sh            # everything
+#     CRF_QUICK=1 bash bench/gpu_check.sh   # CRF: targets + bandwidth only, no grid
+#
+# One section per component; later issues append theirs below the CRF section. A failing
+# section is reported and the script goes on; the exit status is non-zero if any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=.
+RESULTS="${OUT:-bench/results}"
+mkdir -p "$RESULTS"
+FAILED=()
+
+section() { echo; echo "=================== $* ==================="; }
+run() {  # run NAME CMD...: log to $RESULTS/NAME.log, remember failures
+    local name=$1; shift
+    echo "+ $*"
+    "$@" 2>&1 | tee "$RESULTS/$name.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || FAILED+=("$name (rc=$rc)")
+}
+
+python - <<'PY' | tee "$RESULTS/device.txt"
+import datetime, torch, triton
+print("date", datetime.datetime.now(datetime.timezone.utc).isoformat())
+print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE")
+print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)
+PY
+
+# ------------------------------------------------------------------ CRF (issue 3)
+section "CRF: GPU-marked tests"
+run crf_gpu_tests python -m pytest -m gpu tests/test_crf.py tests/test_crf_kernels.py -q -rs
+section "CRF: all CRF tests, kernels compiled for the GPU"
+run crf_all_tests python -m pytest tests/test_crf.py tests/test_crf_kernels.py -q
+section "CRF: do_bench (targets, bandwidth, grid)"
+if [ "${CRF_QUICK:-0}" = "1" ]; then
+    run crf_do_bench python bench/crf_gpu.py --out "$RESULTS" --quick
+else
+    run crf_do_bench python bench/crf_gpu.py --out "$RESULTS"
+fi
+section "CRF: pytest-benchmark, nertron vs pytorch-crf"
+if [ "${CRF_QUICK:-0}" != "1" ]; then
+    run crf_pytest_bench python -m pytest bench/bench_crf.py -q -p no:cacheprovider \
+        --benchmark-json "$RESULTS/crf_gpu_pytest.json"
+    run crf_pytest_table python bench/bench_crf.py table "$RESULTS/crf_gpu_pytest.json" "$RESULTS/crf_gpu_pytest.md"
+fi
+
+# ------------------------------------------------------------------ (next sections here)
+
+section "summary"
+if [ ${#FAILED[@]} -eq 0 ]; then
+    echo "all sections passed; results in $RESULTS"
+else
+    printf 'FAILED: %s\n' "${FAILED[@]}"
+    exit 1
+fi
