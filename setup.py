@@ -31,6 +31,7 @@ setup(
             "transformers>=4.40",
             "pytorch-crf==0.7.2",
             "seqeval",
+            "scikit-learn",
             "tensorflow-cpu>=2.12",
             CHECKPOINT,
         ],

@@ -66,6 +66,92 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary_table(title: str, scores: dict) -> str:
+    rows = [f"{title}", f"{'type':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+    for kind, values in sorted(scores["per_type"].items()):
+        rows.append(f"{kind:<12}{values['precision']:>10.4f}{values['recall']:>10.4f}{values['f1']:>10.4f}"
+                    f"{values['support']:>9}")
+    rows.append(f"{'micro':<12}{scores['span_precision']:>10.4f}{scores['span_recall']:>10.4f}"
+                f"{scores['span_f1']:>10.4f}")
+    if "intent_accuracy" in scores:
+        rows.append(f"intent accuracy {scores['intent_accuracy']:.4f}, intent F1 {scores['intent_f1']:.4f}")
+    return "\n".join(rows)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from nertron.engine.checkpoint import default_checkpoint_dir
+    from nertron.engine.data.loader import NerData
+    from nertron.engine.learner import NerLearner
+    from nertron.engine.models import MODEL_CLASSES
+
+    torch.manual_seed(args.seed)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
+    data = NerData.create(args.train, args.valid, checkpoint, test_path=args.test, data_format=args.format,
+                          tag_scheme=args.tag_scheme, batch_tokens=args.batch_tokens, seed=args.seed)
+    cls = MODEL_CLASSES[args.model]
+    options = dict(labels=data.vocab.labels, tag_scheme=args.tag_scheme, enc_hidden_dim=args.enc_hidden_dim,
+                   rnn_layers=args.rnn_layers, num_heads=args.num_heads, key_dim=args.key_dim, val_dim=args.val_dim,
+                   input_dropout=args.input_dropout, bert_mode=args.bert_mode, freeze=not args.fine_tune,
+                   backend=args.backend)
+    if cls.joint:
+        if data.intent_vocab is None:
+            raise ValueError(f"{args.model} classifies intents, but {args.train} has none (use the ATIS format)")
+        options["intent_size"] = len(data.intent_vocab)
+    model = cls.create(data.vocab.num_labels, checkpoint, **options)
+    learner = NerLearner(model, data, args.output, lr=args.lr, clip=args.clip, device=args.device, seed=args.seed,
+                         cache_features={"auto": "auto", "on": True, "off": False}[args.cache])
+    learner.fit(args.epochs, target_metric=args.target_metric, resume=args.resume)
+    if data.intent_vocab is not None:
+        (Path(args.output) / "intents.json").write_text(json.dumps(data.intent_vocab.names) + "\n")
+    from nertron.engine.models import NerModel
+
+    learner.model = NerModel.load(args.output, backend=args.backend).to(learner.device)
+    results = {}
+    for split in ("valid", "test"):
+        if split == "valid" and args.valid is None or split == "test" and args.test is None:
+            continue
+        results[split] = learner.evaluate(split)
+        print(_summary_table(f"best model on {split} ({args.valid if split == 'valid' else args.test})", results[split]))
+    (Path(args.output) / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"saved the best model (by {args.target_metric}) to {args.output}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from nertron.engine.data.loader import NerData
+    from nertron.engine.data.readers import read_dataset
+    from nertron.engine.data.vocab import LabelVocab
+    from nertron.engine.learner import NerLearner
+    from nertron.engine.models import NerModel
+    from nertron.engine.tokenizer import WordPieceTokenizer
+
+    model = NerModel.load(args.model, checkpoint_dir=args.checkpoint, backend=args.backend)
+    vocab = LabelVocab.load(Path(args.model) / "labels.json")
+    dataset = read_dataset(args.data, args.format)
+    tokenizer = WordPieceTokenizer.from_pretrained(model.config.checkpoint_dir)
+    sentences = list(dataset)
+    data = NerData.from_sentences(sentences, sentences, tokenizer, source_scheme=dataset.scheme or "IOB2",
+                                  tag_scheme=model.config.tag_scheme, vocab=vocab)
+    _load_intents(data, args.model)
+    learner = NerLearner(model, data, args.model, device=args.device, cache_features=False)
+    print(_summary_table(f"{args.model} on {args.data}", learner.evaluate("valid")))
+    return 0
+
+
+def _load_intents(data, model_dir) -> None:
+    import json
+
+    from nertron.engine.data.loader import IntentVocab
+
+    path = Path(model_dir) / "intents.json"
+    if path.is_file():
+        data.intent_vocab = IntentVocab(json.loads(path.read_text()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nertron._version import __version__
 
@@ -97,6 +183,49 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--tokens", type=int, default=12, help="how many token rows to print")
     encode.add_argument("--values", type=int, default=6, help="how many values of each row to print")
     encode.set_defaults(run=_cmd_encode)
+
+    models = ("BertBiLSTMCRF", "BertBiLSTMAttnCRF", "BertAttnCRF", "BertBiLSTMAttnNMT", "BertBiLSTMAttnCRFJoint",
+              "BertBiLSTMAttnNMTJoint")
+    formats = ("auto", "conll", "atis", "factrueval", "csv")
+    train = sub.add_parser("train", help="train a NER model", description="Train a ner-bert model on a dataset and "
+                           "save the best checkpoint (by the target metric on the validation set).")
+    train.add_argument("--train", required=True, help="training file (or FactRuEval folder)")
+    train.add_argument("--valid", required=True, help="validation file (or folder)")
+    train.add_argument("--test", default=None, help="test file (or folder), scored with the best model")
+    train.add_argument("--format", choices=formats, default="auto")
+    train.add_argument("--output", required=True, help="directory for the best model, its log and results")
+    train.add_argument("--model", choices=models, default="BertBiLSTMAttnCRF")
+    train.add_argument("--checkpoint", default=None, help="BERT checkpoint (default: the installed all-MiniLM-L6-v2)")
+    train.add_argument("--tag-scheme", choices=("IOB2", "IOB1", "BIOES"), default="IOB2")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--clip", type=float, default=5.0)
+    train.add_argument("--batch-tokens", type=int, default=4096, help="padded sub-tokens per batch")
+    train.add_argument("--enc-hidden-dim", type=int, default=128)
+    train.add_argument("--rnn-layers", type=int, default=1)
+    train.add_argument("--num-heads", type=int, default=3)
+    train.add_argument("--key-dim", type=int, default=64)
+    train.add_argument("--val-dim", type=int, default=64)
+    train.add_argument("--input-dropout", type=float, default=0.5)
+    train.add_argument("--bert-mode", choices=("weighted", "softmax", "last"), default="weighted")
+    train.add_argument("--fine-tune", action="store_true", help="train BERT too (reference path, no feature cache)")
+    train.add_argument("--target-metric", default="span_f1", help="span_f1, token_f1, intent_accuracy, ...")
+    train.add_argument("--cache", choices=("auto", "on", "off"), default="auto", help="cache frozen BERT states")
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT's trainer state")
+    train.add_argument("--device", default=None)
+    train.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(run=_cmd_train)
+
+    evaluate = sub.add_parser("eval", help="score a trained model on a dataset",
+                              description="Span-level (and intent) scores per type of a trained model on a dataset.")
+    evaluate.add_argument("--model", required=True, help="directory written by `nertron train`")
+    evaluate.add_argument("--data", required=True, help="dataset file (or FactRuEval folder)")
+    evaluate.add_argument("--format", choices=formats, default="auto")
+    evaluate.add_argument("--checkpoint", default=None, help="BERT checkpoint, if it moved since training")
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+    evaluate.set_defaults(run=_cmd_eval)
     return parser
 
 
