@@ -126,13 +126,17 @@ def _alphas(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
     emissions = emissions.to(dt)
     transitions = transitions.to(dt)
     exp_trans = _exp_transitions(transitions)
+    # one unbind instead of a slice per step: autograd's backward of emissions[:, t]
+    # would allocate a zero (B, T, K) gradient per step (quadratic in T)
+    # T x shape: (B, K)
+    steps = emissions.unbind(1)
     # shape: (B, K)
-    alpha = start.to(dt) + emissions[:, 0]
+    alpha = start.to(dt) + steps[0]
     history = [alpha] if keep else None
     all_on = int(mask.sum(1).min())  # steps before this are on in every row: no select
-    for t in range(1, emissions.size(1)):
+    for t in range(1, len(steps)):
         # shape: (B, K)
-        nxt = _log_matmul_exp(alpha, transitions, exp_trans) + emissions[:, t]
+        nxt = _log_matmul_exp(alpha, transitions, exp_trans) + steps[t]
         alpha = nxt if t < all_on else torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
         if keep:
             history.append(alpha)
