@@ -103,7 +103,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         options["intent_size"] = len(data.intent_vocab)
     model = cls.create(data.vocab.num_labels, checkpoint, **options)
     learner = NerLearner(model, data, args.output, lr=args.lr, clip=args.clip, device=args.device, seed=args.seed,
-                         cache_features={"auto": "auto", "on": True, "off": False}[args.cache])
+                         cache_features={"auto": "auto", "on": True, "off": False}[args.cache],
+                         cache_dir=args.cache_dir)
     learner.fit(args.epochs, target_metric=args.target_metric, resume=args.resume)
     if data.intent_vocab is not None:
         (Path(args.output) / "intents.json").write_text(json.dumps(data.intent_vocab.names) + "\n")
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--clip", type=float, default=5.0)
-    train.add_argument("--batch-tokens", type=int, default=4096, help="padded sub-tokens per batch")
+    train.add_argument("--batch-tokens", type=int, default=1024, help="padded sub-tokens per batch")
     train.add_argument("--enc-hidden-dim", type=int, default=128)
     train.add_argument("--rnn-layers", type=int, default=1)
     train.add_argument("--num-heads", type=int, default=3)
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fine-tune", action="store_true", help="train BERT too (reference path, no feature cache)")
     train.add_argument("--target-metric", default="span_f1", help="span_f1, token_f1, intent_accuracy, ...")
     train.add_argument("--cache", choices=("auto", "on", "off"), default="auto", help="cache frozen BERT states")
+    train.add_argument("--cache-dir", default=None, help="keep cached BERT states on disk here, shared by runs "
+                       "on the same data and encoder")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT's trainer state")
     train.add_argument("--device", default=None)
     train.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")

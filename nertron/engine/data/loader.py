@@ -1,0 +1,261 @@
+"""``NerData``: sentences -> WordPiece examples -> length-bucketed batches.
+
+Each sentence is tokenised once (``WordPieceTokenizer.encode_words``); a sentence longer
+than the model's positions is split into overlapping windows that never cut a word and is
+merged back after prediction (``merge_windows``): nothing is truncated. An example keeps
+the sub-token ids, the index of each word's first sub-token (the word-level head reads only
+those, so continuation sub-tokens are never labelled, scored or lost) and the word labels.
+
+Batches group examples of similar length under a token budget (padded tokens per batch),
+so little compute goes to padding; the order is deterministic for a given seed and epoch.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from nertron.engine.data.readers import Sentence, read_dataset
+from nertron.engine.data.schemes import convert
+from nertron.engine.data.vocab import LabelVocab
+from nertron.engine.tokenizer import IGNORE_INDEX, WordPieceTokenizer, merge_windows
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Example:
+    index: int  # position in its split's example list (cache key)
+    sentence_id: int  # the sentence it comes from
+    pieces: object  # the tokenizer's WordPieces of the whole sentence
+    window: object  # the WordPieces of this window (word_index = its first word's index in the sentence)
+    input_ids: list[int]  # sub-token ids without [CLS]/[SEP]
+    word_starts: list[int]  # first sub-token of each word, into input_ids
+    labels: list[int] | None
+    intent: int | None
+
+
+class IntentVocab:
+    """Intent name <-> id for joint models (no padding entry)."""
+
+    def __init__(self, intents: Iterable[str]):
+        self.names = sorted(set(intents))
+        self.ids = {name: i for i, name in enumerate(self.names)}
+
+    def encode(self, name: str) -> int:
+        if name not in self.ids:
+            raise KeyError(f"unknown intent {name!r}; known intents: {', '.join(self.names[:20])}"
+                           f"{' ...' if len(self.names) > 20 else ''}")
+        return self.ids[name]
+
+    def decode(self, index: int) -> str:
+        return self.names[index]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class NerData:
+    """Train/valid/test sets for a NER model (the seed's ``NerData``).
+
+    Build with ``NerData.create(train_path, valid_path, checkpoint_dir, ...)`` or
+    ``NerData.from_sentences(train, valid, tokenizer, ...)``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: WordPieceTokenizer,
+        splits: dict[str, list[Sentence]],
+        vocab: LabelVocab,
+        tag_scheme: str = "IOB2",
+        batch_tokens: int = 1024,
+        max_batch_size: int = 128,
+        seed: int = 0,
+        intent_vocab: IntentVocab | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.tag_scheme = tag_scheme
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+        self.seed = seed
+        self.intent_vocab = intent_vocab
+        self._sentences = splits
+        self._examples = {name: self.encode(sentences, labelled=True) for name, sentences in splits.items()}
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_sentences(
+        cls,
+        train: Sequence[Sentence],
+        valid: Sequence[Sentence] | None,
+        tokenizer: WordPieceTokenizer,
+        test: Sequence[Sentence] | None = None,
+        source_scheme: str = "IOB2",
+        tag_scheme: str = "IOB2",
+        vocab: LabelVocab | None = None,
+        **kwargs,
+    ) -> "NerData":
+        """In-memory sentences (objects with ``words``, ``tags`` and optional ``intent``)."""
+        splits: dict[str, list[Sentence]] = {}
+        for name, sentences in (("train", train), ("valid", valid), ("test", test)):
+            if sentences is None:
+                continue
+            sentences = [s if isinstance(s, Sentence) else Sentence(list(s.words), list(s.tags), getattr(s, "intent", None))
+                         for s in sentences]
+            if not sentences:
+                raise ValueError(f"the {name} set is empty")
+            if source_scheme != tag_scheme:
+                sentences = [Sentence(s.words, convert(s.tags, source_scheme, tag_scheme), s.intent) for s in sentences]
+            splits[name] = sentences
+        if "train" not in splits:
+            raise ValueError("a training set is required")
+        vocab = vocab or LabelVocab.from_sentences(splits["train"])
+        for name in ("valid", "test"):
+            unknown = sorted({t for s in splits.get(name, []) for t in s.tags} - set(vocab.labels))
+            if unknown:
+                raise ValueError(f"the {name} set has labels the training set never shows: {', '.join(unknown)}")
+        intents = [s.intent for s in splits["train"] if s.intent is not None]
+        intent_vocab = IntentVocab(intents) if intents else None
+        return cls(tokenizer, splits, vocab, tag_scheme=tag_scheme, intent_vocab=intent_vocab, **kwargs)
+
+    @classmethod
+    def create(
+        cls,
+        train_path: str | Path,
+        valid_path: str | Path | None,
+        checkpoint_dir: str | Path,
+        test_path: str | Path | None = None,
+        data_format: str = "auto",
+        tag_scheme: str = "IOB2",
+        do_lower_case: bool | None = None,
+        **kwargs,
+    ) -> "NerData":
+        """Read files (CoNLL, ATIS, FactRuEval, CSV; see ``read_dataset``) and tokenise them with the
+        checkpoint's vocabulary."""
+        tokenizer = WordPieceTokenizer.from_pretrained(checkpoint_dir, do_lower_case=do_lower_case)
+        loaded = {}
+        source_scheme = None
+        for name, path in (("train", train_path), ("valid", valid_path), ("test", test_path)):
+            if path is None:
+                continue
+            dataset = read_dataset(path, data_format)
+            loaded[name] = list(dataset)
+            source_scheme = source_scheme or getattr(dataset, "scheme", None)
+            if not loaded[name]:
+                raise ValueError(f"no sentences in {path}")
+        source_scheme = source_scheme or ("IOB1" if _looks_iob1(loaded["train"]) else "IOB2")
+        return cls.from_sentences(loaded["train"], loaded.get("valid"), tokenizer, test=loaded.get("test"),
+                                  source_scheme=source_scheme, tag_scheme=tag_scheme, **kwargs)
+
+    # --- examples and batches --------------------------------------------------------------------
+
+    def encode(self, sentences: Iterable, labelled: bool = False) -> list[Example]:
+        """Tokenise sentences (word lists, or objects with ``words``) into window examples."""
+        sentences = list(sentences)
+        word_lists = []
+        for sentence_id, sentence in enumerate(sentences):
+            words = list(sentence.words) if hasattr(sentence, "words") else list(sentence)
+            if not words:
+                raise ValueError(f"sentence {sentence_id} has no words")
+            word_lists.append(words)
+        examples: list[Example] = []
+        for sentence_id, (sentence, pieces) in enumerate(zip(sentences, self.tokenizer.encode_words_batch(word_lists))):
+            tags = getattr(sentence, "tags", None) if labelled else None
+            intent = getattr(sentence, "intent", None) if labelled else None
+            for window in self.tokenizer.windows(pieces):
+                first = window.word_index
+                starts = [span[0] for span in window.word_spans]
+                labels = None
+                if tags is not None:
+                    labels = [self.vocab.encode(t) for t in tags[first : first + len(window.words)]]
+                intent_id = self.intent_vocab.encode(intent) if (intent is not None and self.intent_vocab) else None
+                examples.append(
+                    Example(len(examples), sentence_id, pieces, window, list(window.input_ids), starts, labels, intent_id)
+                )
+        return examples
+
+    @property
+    def splits(self) -> list[str]:
+        """The split names this data holds, in train/valid/test order."""
+        return [name for name in SPLITS if name in self._examples]
+
+    def examples(self, split: str) -> list[Example]:
+        if split not in self._examples:
+            raise KeyError(f"no {split!r} set; this NerData has {', '.join(self._examples)}")
+        return self._examples[split]
+
+    def sentences(self, split: str) -> list[Sentence]:
+        self.examples(split)
+        return self._sentences[split]
+
+    def batches(self, split_or_examples, shuffle: bool = False, epoch: int = 0) -> list[tuple[dict, list[Example]]]:
+        """Length-bucketed batches under the token budget; shuffled per epoch when asked."""
+        examples = self.examples(split_or_examples) if isinstance(split_or_examples, str) else split_or_examples
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        # Sort by length (random tie-break when shuffling), cut into budget-sized batches.
+        order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), rng.random() if shuffle else i))
+        groups, current, longest = [], [], 0
+        for i in order:
+            length = len(examples[i].input_ids) + 2
+            if current and (max(longest, length) * (len(current) + 1) > self.batch_tokens
+                            or len(current) >= self.max_batch_size):
+                groups.append(current)
+                current, longest = [], 0
+            current.append(examples[i])
+            longest = max(longest, length)
+        if current:
+            groups.append(current)
+        if shuffle:
+            rng.shuffle(groups)
+        return [(self.collate(group), group) for group in groups]
+
+    def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        """Pad a group of examples: sub-token inputs (B, T) and word-level index/mask/labels (B, W)."""
+        batch = self.tokenizer.batch([e.window for e in examples])
+        width = max(len(e.word_starts) for e in examples)
+        word_index = torch.zeros(len(examples), width, dtype=torch.long)
+        word_mask = torch.zeros(len(examples), width, dtype=torch.bool)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e.word_starts)
+            word_index[i, :n] = torch.tensor(e.word_starts) + 1  # +1: [CLS] comes first
+            word_mask[i, :n] = True
+            if e.labels is not None:
+                labels[i, :n] = torch.tensor(e.labels)
+        batch.update(word_index=word_index, word_mask=word_mask)
+        if all(e.labels is not None for e in examples):
+            batch["labels"] = labels
+        if all(e.intent is not None for e in examples):
+            batch["intents"] = torch.tensor([e.intent for e in examples])
+        return batch
+
+    def merge(self, examples: list[Example], window_tags: dict[int, list[int]]) -> list[list[int]]:
+        """Per-window word predictions -> one prediction per word of each sentence."""
+        by_sentence: dict[int, list[Example]] = {}
+        for e in examples:
+            by_sentence.setdefault(e.sentence_id, []).append(e)
+        merged = []
+        for sentence_id in range(len(by_sentence)):
+            group = by_sentence[sentence_id]
+            if len(group) == 1:
+                merged.append(window_tags[group[0].index])
+            else:
+                windows = [e.window for e in group]
+                merged.append(merge_windows(group[0].pieces, windows, [window_tags[e.index] for e in group]))
+        return merged
+
+
+def _looks_iob1(sentences: list[Sentence]) -> bool:
+    """IOB1 if some entity starts with I- (after O, at the start, or after another type)."""
+    for s in sentences:
+        previous = "O"
+        for tag in s.tags:
+            if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]):
+                return True
+            previous = tag
+    return False

@@ -1,0 +1,166 @@
+"""NerData and NerLearner on real CoNLL-2003 / ATIS slices with the real MiniLM encoder.
+
+The learning test trains a small model for a few hundred steps and requires the span F1 on
+held-out dev sentences to rise far above chance: a real learning check, not a timing."""
+import itertools
+import json
+
+import pytest
+import torch
+
+from nertron.engine.data.loader import NerData
+from nertron.engine.data.readers import Sentence, read_atis, read_conll
+from nertron.engine.data.vocab import LabelVocab
+from nertron.engine.learner import TRAINER_STATE, NerLearner
+from nertron.engine.models import BertBiLSTMAttnCRF, BertBiLSTMAttnCRFJoint, BertBiLSTMCRF, NerModel
+from nertron.engine.tokenizer import WordPieceTokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    return WordPieceTokenizer.from_pretrained(minilm_dir)
+
+
+@pytest.fixture(scope="module")
+def conll(data_dir, tokenizer):
+    train = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.train"), 1000))
+    valid = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.testa"), 300))
+    return NerData.from_sentences(train, valid, tokenizer, source_scheme="IOB1", tag_scheme="IOB2", batch_tokens=400)
+
+
+def test_batches_cover_every_example_once_and_are_deterministic(conll):
+    examples = conll.examples("train")
+    for epoch in (0, 1):
+        batches = conll.batches("train", shuffle=True, epoch=epoch)
+        seen = sorted(e.index for _, group in batches for e in group)
+        assert seen == list(range(len(examples)))
+        for batch, group in batches:
+            assert batch["input_ids"].numel() <= 400 or len(group) == 1  # token budget
+            assert batch["word_mask"].sum().item() == sum(len(e.word_starts) for e in group)
+            assert (batch["labels"][batch["word_mask"]] >= 1).all()  # real words carry real labels (0 = <pad>)
+            assert (batch["labels"][~batch["word_mask"]] == -100).all()
+    first = [[e.index for e in g] for _, g in conll.batches("train", shuffle=True, epoch=0)]
+    again = [[e.index for e in g] for _, g in conll.batches("train", shuffle=True, epoch=0)]
+    other = [[e.index for e in g] for _, g in conll.batches("train", shuffle=True, epoch=1)]
+    assert first == again and first != other
+
+
+def test_word_index_points_at_first_subtokens(conll, tokenizer):
+    batch, group = conll.batches("valid")[0]
+    for row, example in enumerate(group):
+        for w, start in enumerate(example.word_starts):
+            position = batch["word_index"][row, w].item()
+            assert position == start + 1  # [CLS] first
+            assert batch["input_ids"][row, position].item() == example.input_ids[start]
+
+
+def test_learning_on_conll_slice(conll, minilm_dir, tmp_path):
+    """~200 optimizer steps of a BiLSTM-CRF head over frozen MiniLM: span F1 far above chance."""
+    torch.manual_seed(0)
+    model = BertBiLSTMCRF.create(conll.vocab.num_labels, minilm_dir, labels=conll.vocab.labels, enc_hidden_dim=64,
+                                 input_dropout=0.2)
+    learner = NerLearner(model, conll, tmp_path / "best", lr=5e-3, progress=False)
+    history = learner.fit(4)
+    steps = 4 * len(conll.batches("train", shuffle=True))
+    assert steps >= 150
+    f1 = [h["valid_span_f1"] for h in history]
+    assert f1[0] >= 0.0 and max(f1) > 0.45, f1  # untrained: ~0; chance (random tags) is near 0 too
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # The best checkpoint and the log are on disk, and the saved model scores what the log says.
+    log = [json.loads(line) for line in (tmp_path / "best" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+    best = max(log, key=lambda r: r["valid_span_f1"])
+    learner.model = NerModel.load(tmp_path / "best")
+    assert learner.evaluate()["span_f1"] == pytest.approx(best["valid_span_f1"], abs=1e-9)
+
+    # Resume: two more epochs continue from the trainer state (epoch counter, optimizer, best).
+    resumed = NerLearner(BertBiLSTMCRF.create(conll.vocab.num_labels, minilm_dir, labels=conll.vocab.labels,
+                                              enc_hidden_dim=64, input_dropout=0.2),
+                         conll, tmp_path / "best", lr=5e-3, progress=False)
+    more = resumed.fit(6, resume=True)
+    assert [r["epoch"] for r in more] == [5, 6]
+    assert resumed.best_metric >= best["valid_span_f1"]
+
+
+def test_predict_restores_order_and_merges_long_sentences(conll, minilm_dir, tmp_path):
+    """A sentence longer than the model's positions is windowed and merged: one tag per word."""
+    torch.manual_seed(0)
+    model = BertBiLSTMCRF.create(conll.vocab.num_labels, minilm_dir, labels=conll.vocab.labels, enc_hidden_dim=32)
+    learner = NerLearner(model, conll, tmp_path, progress=False)
+    sentences = [s.words for s in conll.sentences("valid")[:40]]
+    long = list(itertools.chain.from_iterable(sentences))  # ~600 words, far over 512 sub-tokens
+    tags, intents = learner.predict([sentences[3], long, sentences[0]])
+    assert intents is None
+    assert [len(t) for t in tags] == [len(sentences[3]), len(long), len(sentences[0])]
+    assert len(conll.encode([long])) > 1  # it really was windowed
+    assert all(t in conll.vocab.labels[1:] for sentence in tags for t in sentence)
+
+
+def test_joint_model_on_atis(data_dir, tokenizer, minilm_dir, tmp_path):
+    train = list(itertools.islice(read_atis(data_dir / "atis" / "atis.train.w-intent.iob"), 300))
+    valid = list(itertools.islice(read_atis(data_dir / "atis" / "atis.test.w-intent.iob"), 100))
+    valid = [s for s in valid if s.intent in {t.intent for t in train}
+             and set(s.tags) <= {tag for t in train for tag in t.tags}]
+    data = NerData.from_sentences(train, valid, tokenizer, batch_tokens=512)
+    model = BertBiLSTMAttnCRFJoint.create(data.vocab.num_labels, minilm_dir, labels=data.vocab.labels,
+                                          intent_size=len(data.intent_vocab), enc_hidden_dim=32, num_heads=2,
+                                          key_dim=16, val_dim=16)
+    learner = NerLearner(model, data, tmp_path, lr=5e-3, progress=False)
+    history = learner.fit(2, target_metric="intent_accuracy")
+    assert 0.0 <= history[-1]["valid_intent_accuracy"] <= 1.0 and "valid_intent_f1" in history[-1]
+    tags, intents = learner.predict("valid")
+    assert len(intents) == len(valid) and all(i in data.intent_vocab.names for i in intents)
+
+
+def test_errors(conll, minilm_dir, tokenizer, tmp_path):
+    model = BertBiLSTMCRF.create(5, minilm_dir)
+    with pytest.raises(ValueError, match="predicts 5 labels but the data's label vocabulary has 10"):
+        NerLearner(model, conll, tmp_path)
+    train = [Sentence(["Paris"], ["B-LOC"])]
+    with pytest.raises(ValueError, match="the valid set has labels the training set never shows: B-PER"):
+        NerData.from_sentences(train, [Sentence(["Ann"], ["B-PER"])], tokenizer)
+    with pytest.raises(ValueError, match="the train set is empty"):
+        NerData.from_sentences([], None, tokenizer)
+    with pytest.raises(ValueError, match="sentence 1 has no words"):
+        NerData.from_sentences([Sentence(["a"], ["O"]), Sentence([], [])], None, tokenizer)
+    learner = NerLearner(BertBiLSTMCRF.create(conll.vocab.num_labels, minilm_dir, labels=conll.vocab.labels),
+                         conll, tmp_path / "fresh", progress=False)
+    with pytest.raises(FileNotFoundError, match=f"cannot resume: no {TRAINER_STATE}"):
+        learner.fit(1, resume=True)
+    with pytest.raises(KeyError, match="target_metric 'accuracy' is not one of"):
+        learner.fit(1, target_metric="accuracy")
+
+
+def test_feature_cache_on_disk_is_shared_and_matches_the_encoder(data_dir, tokenizer, minilm_dir, tmp_path):
+    """Cached states give the same predictions as running BERT; a second run (another head) on the
+    same data loads them from ``cache_dir`` instead of running BERT; other data gets another file."""
+    train = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.train"), 60))
+    valid = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.testa"), 40))
+    vocab = LabelVocab.from_labels(["O"] + [f"{p}-{t}" for p in "BI" for t in ("PER", "ORG", "LOC", "MISC")])
+    data = NerData.from_sentences(train, valid, tokenizer, source_scheme="IOB1", vocab=vocab, batch_tokens=512)
+    torch.manual_seed(0)
+    model = BertBiLSTMCRF.create(data.vocab.num_labels, minilm_dir, labels=data.vocab.labels, enc_hidden_dim=32)
+    learner = NerLearner(model, data, tmp_path / "a", cache_dir=tmp_path / "cache", progress=False)
+    learner.fit(1)
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 2 and files[0].startswith("train-") and files[1].startswith("valid-")
+    cached = learner.predict("valid")[0]
+    uncached = learner.predict([s.words for s in data.sentences("valid")])[0]  # word lists: BERT runs
+    assert cached == uncached
+
+    other = NerLearner(BertBiLSTMAttnCRF.create(data.vocab.num_labels, minilm_dir, labels=data.vocab.labels,
+                                                enc_hidden_dim=32, num_heads=2, key_dim=16, val_dim=16),
+                       data, tmp_path / "b", cache_dir=tmp_path / "cache", progress=False)
+
+    def no_bert(*args, **kwargs):
+        raise AssertionError("BERT ran although its states were cached on disk")
+
+    other.model.features.hidden_states = no_bert
+    other.fit(1)
+    assert torch.equal(other._features["train"][0], learner._features["train"][0])
+
+    shorter = NerData.from_sentences(train[:30], valid, tokenizer, source_scheme="IOB1", vocab=vocab, batch_tokens=512)
+    NerLearner(BertBiLSTMCRF.create(shorter.vocab.num_labels, minilm_dir, labels=shorter.vocab.labels,
+                                    enc_hidden_dim=32), shorter, tmp_path / "c", cache_dir=tmp_path / "cache",
+               progress=False).fit(1)
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # a new train file; the same valid file
