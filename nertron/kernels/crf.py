@@ -23,12 +23,16 @@ instead of several kernel launches plus host syncs:
   over programs (deterministic, no atomics). The same kernel with ``PAIRWISE=False`` and a
   unit upstream gradient returns the per-token tag probabilities (``marginals``).
 
-Tiling: the state vector (alpha, Viterbi score or beta; ``K`` fp32) lives in a small
-per-program scratch row that stays in L1/L2, and each step reads it back in ``TILE``-wide
-source tiles against ``TILE x TILE`` tiles of the transition matrix, reducing with an
-online max / log-sum-exp across source tiles. One code path therefore covers ``K`` from 2
-(a single 16-wide tile) to several hundred tags (``TILE = 64``). A ``tl.debug_barrier``
-separates the writes of step ``t`` from the reads of step ``t + 1``.
+Tiling: with ``K <= 64`` (``SINGLE_TILE``) the state vector (alpha, Viterbi score or beta)
+stays in registers across time steps, the ``K x K`` transition tile is loaded once per
+program, and the backward kernel keeps its transition/start/end gradient accumulators in
+registers across all of its sequences: a step is a register-level max / log-sum-exp
+over a ``TILE x TILE`` tile plus the emission load, with no memory round trip on the
+recursion's critical path. With larger ``K`` the state lives in a small per-program
+scratch row (L1/L2 resident) that each step reads back in ``TILE``-wide (64) source tiles
+against ``TILE x TILE`` tiles of the transition matrix, reducing with an online max /
+log-sum-exp across source tiles, so one code path covers any ``K`` (256 and beyond); a
+``tl.debug_barrier`` separates the writes of step ``t`` from the reads of step ``t + 1``.
 
 Numerics: emissions may be fp32, fp16, bf16 (or fp64); every load is converted to fp32
 and all recursions, log-sum-exps and marginals are computed in fp32; only the emission
