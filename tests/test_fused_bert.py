@@ -201,6 +201,74 @@ def test_patch_bert_for_token_classification():
     assert unpatch(model) == 1 and "forward" not in vars(model.bert)
 
 
+class _OwnModel(torch.nn.Module):
+    """A user's model holding a bare Hugging Face BertEncoder (not inside a BertModel)."""
+
+    def __init__(self, transformers, config):
+        super().__init__()
+        self.embed = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.encoder = transformers.models.bert.modeling_bert.BertEncoder(config)
+        self.head = torch.nn.Linear(config.hidden_size, 5)
+
+    def forward(self, ids, mask):
+        return self.head(self.encoder(self.embed(ids), attention_mask=mask).last_hidden_state)
+
+
+def test_patch_bare_bert_encoder():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
+        max_position_embeddings=64,
+    )
+    config._attn_implementation = "eager"
+    model = _OwnModel(transformers, config).eval().to(DEVICE)
+    ids, mask, _ = _batch([13, 4, 1], 13, seed=3)
+    real = mask.bool()
+    neg = torch.finfo(torch.float32).min
+    masks = {  # the forms BertModel hands its encoder: none, (B, T), SDPA boolean 4-D, eager additive 4-D
+        "none": None,
+        "2d": mask,
+        "4d-bool": real[:, None, None, :].expand(-1, 1, 13, -1),
+        "4d-additive": (~real)[:, None, None, :].float() * neg,
+    }
+    with torch.no_grad():
+        expected = {k: model(ids, masks[k]) for k in ("none", "4d-additive")}  # eager attention's forms
+    expected["2d"] = expected["4d-bool"] = expected["4d-additive"]  # the same padding in the other forms
+    assert patch(model, backend="triton") == ["encoder: transformers BertEncoder -> nertron fused layers"]
+    import nertron.bindings.patch as patch_module
+
+    calls = []
+    original = patch_module.fused_encoder_layers_forward
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    patch_module.fused_encoder_layers_forward = spy
+    try:
+        with torch.no_grad():
+            for name, m in masks.items():
+                got = model(ids, m)
+                rows = real if m is not None else torch.ones_like(real)
+                torch.testing.assert_close(got[rows], expected[name][rows], atol=1e-4, rtol=1e-4, msg=name)
+            assert len(calls) == len(masks)
+            # A per-query (causal) mask is no padding mask: Hugging Face's forward runs.
+            causal = torch.tril(torch.ones(13, 13, dtype=torch.bool, device=DEVICE))[None, None].expand(3, 1, 13, 13)
+            model(ids, causal)
+            assert len(calls) == len(masks)
+            # Layer outputs being recorded by a hook: Hugging Face's forward runs.
+            handle = model.encoder.layer[0].register_forward_hook(lambda *a: None)
+            model(ids, masks["4d-additive"])
+            handle.remove()
+            assert len(calls) == len(masks)
+        model(ids, masks["4d-additive"]).sum().backward()  # gradients: the original forward, which autograd can follow
+        assert len(calls) == len(masks) and model.encoder.layer[0].output.dense.weight.grad is not None
+    finally:
+        patch_module.fused_encoder_layers_forward = original
+    assert unpatch(model) == 1 and "forward" not in vars(model.encoder)
+
+
 def test_patch_rejects_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         patch(torch.nn.Linear(2, 2), backend="cuda")

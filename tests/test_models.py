@@ -1,5 +1,7 @@
 """The ner-bert model family: every class builds, trains a step, decodes, saves and loads
 identically, on the real MiniLM checkpoint and real CoNLL-2003 sentences."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -165,3 +167,29 @@ def test_bad_configurations(minilm_dir, tmp_path):
     (tmp_path / "model.json").write_text('{"class": "Nope", "config": {}}')
     with pytest.raises(ValueError, match="unknown model class 'Nope'"):
         NerModel.load(tmp_path)
+
+
+def test_portable_fp16_head(minilm_dir, batch, tmp_path, monkeypatch):
+    """The shipped-model form: fp16 head weights and the default checkpoint recorded by package
+    name, found again at load; a checkpoint that moved away gives an error naming it."""
+    from safetensors.torch import load_file
+
+    import nertron.engine.models as models
+    from nertron.engine.checkpoint import DEFAULT_CHECKPOINT_PACKAGE
+
+    model = _make(BertBiLSTMAttnCRF, minilm_dir).eval()
+    model.save(tmp_path / "ship", head_dtype=torch.float16, checkpoint_dir=DEFAULT_CHECKPOINT_PACKAGE)
+    stored = load_file(str(tmp_path / "ship" / "head.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    monkeypatch.setattr(models, "default_checkpoint_dir", lambda: Path(minilm_dir))
+    loaded = NerModel.load(tmp_path / "ship")
+    assert loaded.config.checkpoint_dir == str(minilm_dir)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    with torch.no_grad():
+        reference, shipped = model(batch), loaded(batch)
+    torch.testing.assert_close(shipped.emissions, reference.emissions, atol=2e-2, rtol=2e-2)  # fp16 weights
+
+    model.save(tmp_path / "moved", checkpoint_dir=str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError, match="the BERT checkpoint this model was trained on, .*gone, is not there"):
+        NerModel.load(tmp_path / "moved")
+    assert NerModel.load(tmp_path / "moved", checkpoint_dir=minilm_dir).config.checkpoint_dir == str(minilm_dir)

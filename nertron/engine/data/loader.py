@@ -12,6 +12,7 @@ so little compute goes to padding; the order is deterministic for a given seed a
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -75,8 +76,10 @@ class NerData:
         max_batch_size: int = 128,
         seed: int = 0,
         intent_vocab: IntentVocab | None = None,
+        unseen_labels: str = "error",
     ):
         self.tokenizer = tokenizer
+        self.unseen_labels = unseen_labels
         self.vocab = vocab
         self.tag_scheme = tag_scheme
         self.batch_tokens = batch_tokens
@@ -98,9 +101,18 @@ class NerData:
         source_scheme: str = "IOB2",
         tag_scheme: str = "IOB2",
         vocab: LabelVocab | None = None,
+        unseen_labels: str = "error",
         **kwargs,
     ) -> "NerData":
-        """In-memory sentences (objects with ``words``, ``tags`` and optional ``intent``)."""
+        """In-memory sentences (objects with ``words``, ``tags`` and optional ``intent``).
+
+        ``unseen_labels``: what to do with tags (and intents) of the valid/test sets that the
+        training set never shows: ``'error'`` (default) raises; ``'score'`` keeps them as
+        gold for scoring (where the model cannot predict them, so they count as misses) and
+        leaves them out of the loss, with a warning that counts them.
+        """
+        if unseen_labels not in ("error", "score"):
+            raise ValueError(f"unseen_labels must be 'error' or 'score', not {unseen_labels!r}")
         splits: dict[str, list[Sentence]] = {}
         for name, sentences in (("train", train), ("valid", valid), ("test", test)):
             if sentences is None:
@@ -115,13 +127,25 @@ class NerData:
         if "train" not in splits:
             raise ValueError("a training set is required")
         vocab = vocab or LabelVocab.from_sentences(splits["train"])
-        for name in ("valid", "test"):
-            unknown = sorted({t for s in splits.get(name, []) for t in s.tags} - set(vocab.labels))
-            if unknown:
-                raise ValueError(f"the {name} set has labels the training set never shows: {', '.join(unknown)}")
         intents = [s.intent for s in splits["train"] if s.intent is not None]
         intent_vocab = IntentVocab(intents) if intents else None
-        return cls(tokenizer, splits, vocab, tag_scheme=tag_scheme, intent_vocab=intent_vocab, **kwargs)
+        for name in ("valid", "test"):
+            sentences = splits.get(name, [])
+            unknown = sorted({t for s in sentences for t in s.tags} - set(vocab.labels))
+            unknown_intents = sorted({s.intent for s in sentences if s.intent is not None}
+                                     - set(intent_vocab.names if intent_vocab else ()))
+            if not unknown and not unknown_intents:
+                continue
+            what = ", ".join(unknown + [f"intent {i}" for i in unknown_intents])
+            if unseen_labels == "error":
+                raise ValueError(f"the {name} set has labels the training set never shows: {what} "
+                                 "(unseen_labels='score' scores them as misses instead)")
+            tokens = sum(t in unknown for s in sentences for t in s.tags)
+            n_intents = sum(s.intent in unknown_intents for s in sentences)
+            warnings.warn(f"the {name} set has labels the training set never shows ({tokens} tokens, {n_intents} "
+                          f"intents): {what}; they stay in the gold data and count as misses", stacklevel=2)
+        return cls(tokenizer, splits, vocab, tag_scheme=tag_scheme, intent_vocab=intent_vocab,
+                   unseen_labels=unseen_labels, **kwargs)
 
     @classmethod
     def create(
@@ -133,10 +157,15 @@ class NerData:
         data_format: str = "auto",
         tag_scheme: str = "IOB2",
         do_lower_case: bool | None = None,
+        valid_fraction: float | None = None,
         **kwargs,
     ) -> "NerData":
         """Read files (CoNLL, ATIS, FactRuEval, CSV; see ``read_dataset``) and tokenise them with the
-        checkpoint's vocabulary."""
+        checkpoint's vocabulary.
+
+        ``valid_fraction``: with no ``valid_path``, hold out this fraction of the training
+        sentences (the last ones, so documents stay together) as the validation set.
+        """
         tokenizer = WordPieceTokenizer.from_pretrained(checkpoint_dir, do_lower_case=do_lower_case)
         loaded = {}
         source_scheme = None
@@ -148,6 +177,15 @@ class NerData:
             source_scheme = source_scheme or getattr(dataset, "scheme", None)
             if not loaded[name]:
                 raise ValueError(f"no sentences in {path}")
+        if valid_fraction is not None:
+            if valid_path is not None:
+                raise ValueError("give either a validation file or valid_fraction, not both")
+            if not 0.0 < valid_fraction < 1.0:
+                raise ValueError(f"valid_fraction must be between 0 and 1, not {valid_fraction}")
+            cut = len(loaded["train"]) - max(1, round(valid_fraction * len(loaded["train"])))
+            if cut < 1:
+                raise ValueError(f"{train_path} has too few sentences ({len(loaded['train'])}) to hold some out")
+            loaded["train"], loaded["valid"] = loaded["train"][:cut], loaded["train"][cut:]
         source_scheme = source_scheme or ("IOB1" if _looks_iob1(loaded["train"]) else "IOB2")
         return cls.from_sentences(loaded["train"], loaded.get("valid"), tokenizer, test=loaded.get("test"),
                                   source_scheme=source_scheme, tag_scheme=tag_scheme, **kwargs)
@@ -172,8 +210,8 @@ class NerData:
                 starts = [span[0] for span in window.word_spans]
                 labels = None
                 if tags is not None:
-                    labels = [self.vocab.encode(t) for t in tags[first : first + len(window.words)]]
-                intent_id = self.intent_vocab.encode(intent) if (intent is not None and self.intent_vocab) else None
+                    labels = [self._label_id(t) for t in tags[first : first + len(window.words)]]
+                intent_id = self._intent_id(intent) if (intent is not None and self.intent_vocab) else None
                 examples.append(
                     Example(len(examples), sentence_id, pieces, window, list(window.input_ids), starts, labels, intent_id)
                 )
@@ -183,6 +221,16 @@ class NerData:
     def splits(self) -> list[str]:
         """The split names this data holds, in train/valid/test order."""
         return [name for name in SPLITS if name in self._examples]
+
+    def _label_id(self, tag: str) -> int:
+        if self.unseen_labels == "score" and tag not in self.vocab:
+            return IGNORE_INDEX  # gold for scoring only (see from_sentences)
+        return self.vocab.encode(tag)
+
+    def _intent_id(self, intent: str) -> int:
+        if self.unseen_labels == "score" and intent not in self.intent_vocab.ids:
+            return IGNORE_INDEX
+        return self.intent_vocab.encode(intent)
 
     def examples(self, split: str) -> list[Example]:
         if split not in self._examples:
