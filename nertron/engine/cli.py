@@ -89,9 +89,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from nertron.engine.models import MODEL_CLASSES
 
     torch.manual_seed(args.seed)
+    if args.valid is None and args.valid_fraction is None:
+        raise ValueError("a validation set is needed to pick the best model: give --valid or --valid-fraction")
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
     data = NerData.create(args.train, args.valid, checkpoint, test_path=args.test, data_format=args.format,
-                          tag_scheme=args.tag_scheme, batch_tokens=args.batch_tokens, seed=args.seed)
+                          tag_scheme=args.tag_scheme, batch_tokens=args.batch_tokens, seed=args.seed,
+                          valid_fraction=args.valid_fraction, unseen_labels=args.unseen_labels)
     cls = MODEL_CLASSES[args.model]
     options = dict(labels=data.vocab.labels, tag_scheme=args.tag_scheme, enc_hidden_dim=args.enc_hidden_dim,
                    rnn_layers=args.rnn_layers, num_heads=args.num_heads, key_dim=args.key_dim, val_dim=args.val_dim,
@@ -113,10 +116,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     learner.model = NerModel.load(args.output, backend=args.backend).to(learner.device)
     results = {}
     for split in ("valid", "test"):
-        if split == "valid" and args.valid is None or split == "test" and args.test is None:
+        if split not in data.splits:
             continue
         results[split] = learner.evaluate(split)
-        print(_summary_table(f"best model on {split} ({args.valid if split == 'valid' else args.test})", results[split]))
+        source = args.test if split == "test" else args.valid or f"last {args.valid_fraction:.0%} of {args.train}"
+        print(_summary_table(f"best model on {split} ({source})", results[split]))
     (Path(args.output) / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"saved the best model (by {args.target_metric}) to {args.output}")
     return 0
@@ -191,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a NER model", description="Train a ner-bert model on a dataset and "
                            "save the best checkpoint (by the target metric on the validation set).")
     train.add_argument("--train", required=True, help="training file (or FactRuEval folder)")
-    train.add_argument("--valid", required=True, help="validation file (or folder)")
+    train.add_argument("--valid", default=None, help="validation file (or folder)")
+    train.add_argument("--valid-fraction", type=float, default=None,
+                       help="no validation file: hold out this fraction of the training sentences (the last ones)")
+    train.add_argument("--unseen-labels", choices=("error", "score"), default="error",
+                       help="valid/test labels or intents the training set never shows: fail, or score them as misses")
     train.add_argument("--test", default=None, help="test file (or folder), scored with the best model")
     train.add_argument("--format", choices=formats, default="auto")
     train.add_argument("--output", required=True, help="directory for the best model, its log and results")
