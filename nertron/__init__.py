@@ -23,6 +23,8 @@ _EXPORTS = {
     "unpatch": "nertron.bindings.patch",
     "CRF": "nertron.bindings.crf",
     "allowed_transitions": "nertron.bindings.crf",
+    "Tagger": "nertron.engine.tagger",
+    "Entity": "nertron.engine.tagger",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -37,6 +37,7 @@ __all__ = [
     "crf_log_partition_torch",
     "crf_viterbi_torch",
     "crf_marginals_torch",
+    "crf_span_log_probs",
     "CRFLogPartition",
 ]
 
@@ -200,6 +201,92 @@ def crf_marginals_torch(emissions: torch.Tensor, mask: torch.Tensor, start: torc
     out = probs.new_zeros((B, T, K))
     out[:, :probs.size(1)] = probs
     return out
+
+
+def _betas(emissions: torch.Tensor, mask: torch.Tensor, end: torch.Tensor,
+           transitions: torch.Tensor) -> torch.Tensor:
+    """Backward log-scores ``beta_t[i] = logsumexp_j(trans[i, j] + em[t+1, j] + beta_{t+1}[j])``.
+
+    Args:
+        emissions: ``(B, T, K)`` in the compute dtype; mask: ``(B, T)`` bool prefix mask;
+        end: ``(K,)``; transitions: ``(K, K)``.
+
+    Returns:
+        ``(B, T, K)``; ``beta`` at a sequence's last step is ``end`` (padded steps keep it).
+    """
+    B, T, K = emissions.shape
+    dt = emissions.dtype
+    tr_t = transitions.to(dt).t()
+    exp_trans = _exp_transitions(tr_t)
+    # shape: (B, K)
+    beta = end.to(dt).expand(B, K)
+    betas = [beta]
+    for t in range(T - 1, 0, -1):
+        # shape: (B, K)
+        prev = _log_matmul_exp(emissions[:, t] + beta, tr_t, exp_trans)
+        beta = torch.where(mask[:, t].unsqueeze(1), prev, beta)
+        betas.append(beta)
+    betas.reverse()
+    return torch.stack(betas, 1)
+
+
+def crf_span_log_probs(emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor,
+                       spans: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                       transitions: torch.Tensor) -> torch.Tensor:
+    """Log-probability that a stretch of a sequence carries the given tags, for many stretches.
+
+    For a span ``(b, i, j)`` of sequence ``b`` (positions ``i..j`` inclusive) it is
+    ``log P(y_i..y_j = tags[b, i..j] | x)`` =
+    ``log_alpha_i(y_i) + sum_{t=i+1..j}(trans[y_{t-1}, y_t] + em_t(y_t)) + log_beta_j(y_j) - log Z``,
+    the tags outside the span summed over (forward-backward). With ``i == j`` it is the log
+    marginal ``log P(y_i = tags[b, i])``. Pass the same (constrained) ``start``/``end``/
+    ``transitions`` as the decoder so that the probabilities are those of the distribution
+    the tags were decoded from; a disallowed transition inside a span gives ``-inf``.
+
+    Args:
+        emissions: ``(B, T, K)``, any float dtype (computed in fp32, fp64 if all fp64).
+        mask: ``(B, T)`` bool prefix mask, first step on.
+        tags: ``(B, T)`` int64 tag ids (values outside the spans are not read; -1 allowed there).
+        spans: ``(N, 3)`` int64 rows ``(b, i, j)`` with ``0 <= i <= j < length_b``.
+        start, end: ``(K,)``; transitions: ``(K, K)``, ``[i, j]`` = score of i -> j
+            (``-inf`` where disallowed).
+
+    Returns:
+        ``(N,)`` log-probabilities in the compute dtype.
+    """
+    n_spans = spans.shape[0]
+    dt = _compute_dtype(emissions, transitions)
+    if n_spans == 0:
+        return emissions.new_zeros((0,), dtype=dt)
+    emissions, mask, tags = _trim(emissions, mask, tags)
+    em = emissions.to(dt)
+    tr = transitions.to(dt)
+    _, alphas = _alphas(em, mask, start, tr, keep=True)
+    # shape: (B, T', K)
+    alpha = torch.stack(alphas, 1)
+    beta = _betas(em, mask, end, tr)
+    # shape: (B,)
+    log_z = torch.logsumexp(alphas[-1] + end.to(dt), dim=1)
+    # shape: (B, T')
+    y = tags.clamp(min=0)
+    # score of entering y_t from y_{t-1} at step t (0 at t = 0, never read there)
+    # shape: (B, T')
+    step = em.gather(2, y.unsqueeze(2)).squeeze(2)
+    step = torch.cat([step[:, :1].new_zeros(()).expand(step.shape[0], 1),
+                      step[:, 1:] + tr[y[:, :-1], y[:, 1:]]], 1)
+    b, i, j = spans.to(em.device).unbind(1)
+    # inner sum over t in (i, j], gathered (not a cumsum difference: no cancellation, -inf stays -inf)
+    width = int((j - i).max())
+    # shape: (N, width)
+    offsets = torch.arange(1, width + 1, device=em.device)
+    positions = i.unsqueeze(1) + offsets
+    inside = positions <= j.unsqueeze(1)
+    picked = step[b.unsqueeze(1), positions.clamp(max=step.shape[1] - 1)]
+    inner = torch.where(inside, picked, picked.new_zeros(())).sum(1)
+    # shape: (N,)
+    first = alpha[b, i, y[b, i]]
+    last = beta[b, j, y[b, j]]
+    return first + inner + last - log_z[b]
 
 
 def crf_viterbi_torch(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,

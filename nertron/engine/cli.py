@@ -6,6 +6,7 @@ Subcommands import what they need when they run, so ``nertron --help`` starts in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -157,6 +158,45 @@ def _load_intents(data, model_dir) -> None:
         data.intent_vocab = IntentVocab(json.loads(path.read_text()))
 
 
+def _cmd_tag(args: argparse.Namespace) -> int:
+    if args.input is not None and args.texts:
+        raise ValueError("give texts on the command line or --input FILE, not both")
+    if args.input is None and not args.texts:
+        raise ValueError("nothing to tag: give texts, or --input FILE ('-' for standard input)")
+    output = args.output or "-"
+    fmt = args.format or ("pretty" if output == "-" else "jsonl")
+    from nertron.engine.distributed import distributed_env
+
+    if distributed_env() is not None:
+        from nertron.engine.distributed import tag_file_distributed
+
+        if args.input is None or output == "-" or fmt == "pretty":
+            raise ValueError("under torchrun, nertron tag needs --input FILE, --output FILE and --format jsonl or conll")
+        count = tag_file_distributed(args.input, output, format=fmt, model=args.model, device=args.device,
+                                     dtype=args.dtype, checkpoint=args.checkpoint, batch_tokens=args.batch_tokens)
+        if int(os.environ["RANK"]) == 0:
+            print(f"tagged {count} lines of {args.input} -> {output}", file=sys.stderr)
+        return 0
+
+    from nertron.engine.tagger import Tagger, _open_out, format_record, read_lines
+
+    tagger = Tagger.load(args.model, device=args.device, dtype=args.dtype, checkpoint=args.checkpoint,
+                         batch_tokens=args.batch_tokens)
+    texts = read_lines(args.input) if args.input is not None else args.texts
+    with _open_out(output) as out:
+        for text, result in tagger._tag_lines(texts):
+            if fmt != "pretty":
+                out.write(format_record(text, result, fmt))
+                continue
+            lines = [text]
+            for e in result.entities:
+                lines.append(f"  {e.label:<8} {e.text!r:<32} {f'{e.start}:{e.end}':<12} {e.score:.3f}")
+            if not result.entities:
+                lines.append("  (no entities)")
+            out.write("\n".join(lines) + "\n\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nertron._version import __version__
 
@@ -237,6 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
     evaluate.set_defaults(run=_cmd_eval)
+
+    tag = sub.add_parser(
+        "tag", help="tag named entities in texts or a file",
+        description="Find named entities with a trained model. Texts come from the command line or from --input "
+        "(one text per line); under torchrun (--nproc_per_node=N) the input file is split over the processes "
+        "and merged back in order.")
+    tag.add_argument("texts", nargs="*", help="texts to tag")
+    tag.add_argument("--input", default=None, help="UTF-8 file, one text per line ('-': standard input)")
+    tag.add_argument("--output", default=None, help="output file (default: standard output)")
+    tag.add_argument("--format", choices=("jsonl", "conll", "pretty"), default=None,
+                     help="jsonl: one JSON object per text; conll: word<TAB>tag lines, a blank line after each text; "
+                     "pretty: one line per entity (default: pretty on standard output, jsonl in a file)")
+    tag.add_argument("--model", default=None, help="model directory (default: the model shipped with nertron)")
+    tag.add_argument("--checkpoint", default=None, help="BERT checkpoint, if it moved since training")
+    tag.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu; "
+                     "under torchrun cuda:LOCAL_RANK)")
+    tag.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                     help="BERT's compute dtype (default: bf16 on CUDA, fp32 on CPU; bf16/fp16 need CUDA)")
+    tag.add_argument("--batch-tokens", type=int, default=4096, help="padded sub-tokens per batch")
+    tag.set_defaults(run=_cmd_tag)
     return parser
 
 

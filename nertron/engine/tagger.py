@@ -1,0 +1,646 @@
+"""``Tagger``: named entities of raw text (or pre-split words) with a trained nertron model.
+
+    >>> from nertron import Tagger
+    >>> tagger = Tagger.load()                    # the default model shipped with nertron
+    >>> tagger.tag("Angela Merkel met Emmanuel Macron in Paris.")
+    [Entity(text='Angela Merkel', label='PER', start=0, end=13, score=0.99...), ...]
+
+Pipeline, per chunk of input (``tag_iter`` reads any iterable in bounded chunks):
+
+1. texts are split into words with the tokenizer's pre-tokenisation (``split_text``), which
+   keeps each word's character offsets, and tokenised in one batched call;
+2. a text longer than the model's positions is cut into overlapping windows on word
+   boundaries (``WordPieceTokenizer.windows``): nothing is truncated;
+3. the windows are sorted by length and packed into batches under a padded-token budget
+   (``batch_tokens``); each batch runs BERT + the head, is decoded on the device (Viterbi
+   for CRF models, greedy for NMT models), and its entity spans and their scores are found
+   there too, with one transfer back per batch;
+4. windows are merged (``merge_windows``: each word takes the tag of the window where it
+   has most context) and results come back in input order.
+
+Entities
+--------
+Tags are read into entities with the CoNLL ``conlleval`` chunk rules (``schemes.spans``), so
+IOB2, IOB1 and BIOES models all work. An ``Entity`` has ``start``/``end`` character offsets
+into the input text (``text[start:end] == entity.text``); ``tag_words`` gives word indices
+instead (``end`` exclusive). ``score`` is the model's probability of the entity's tags:
+
+* CRF models: the exact CRF probability that words ``i..j`` carry the decoded tags,
+  ``P(y_i..y_j | x)``, the tags outside the entity summed over (forward-backward, fp32, with
+  the same constrained transitions as the decoder; ``crf_span_log_probs``);
+* NMT models: the product of the decoder's softmax probabilities of the entity's tags.
+
+In a text cut into windows, an entity is scored in the window that holds it whole and
+decided its first word (else the first window holding it whole; else, for an entity longer
+than the window overlap, the window of its first word, over the part inside that window).
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from nertron.bindings.crf import crf_span_log_probs
+from nertron.engine.data.schemes import TagError, _end_of_chunk, _start_of_chunk, normalize_scheme, split_tag
+from nertron.engine.models import NerModel
+from nertron.engine.tokenizer import WordPieces, WordPieceTokenizer, merge_windows
+
+__all__ = ["Entity", "Tagger", "DEFAULT_MODEL_DIR"]
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "resources" / "default_model"
+DEFAULT_BATCH_TOKENS = 4096  # padded sub-tokens per batch
+DEFAULT_CHUNK_SIZE = 1024  # texts read (and held) at a time by tag_iter
+MAX_CHUNK_CHARS = 4_000_000  # ... or fewer, once their characters reach this
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A named entity found by ``Tagger``.
+
+    Attributes:
+        text: the entity's text: ``input[start:end]`` for ``tag``; for ``tag_words`` its words
+            joined by single spaces.
+        label: the entity type (``PER``, ``LOC``, ...), the tag without its ``B-``/``I-`` prefix.
+        start, end: character offsets into the input text (``tag``, ``tag_iter``,
+            ``tag_file``), or word indices (``tag_words``); ``end`` is exclusive.
+        score: the model's probability of the entity's tags, in (0, 1] (see the module doc).
+    """
+
+    text: str
+    label: str
+    start: int
+    end: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Tagged:
+    """One input's result: its words, one tag name per word, and its entities."""
+
+    words: list[str]
+    tags: list[str]
+    entities: list[Entity]
+
+
+@dataclass
+class _Unit:
+    """One window of one input, waiting for (or holding) its predictions."""
+
+    item: int  # position of its input in the chunk
+    number: int  # window number within the input
+    window: WordPieces
+    tags: list[int] | None = None
+    entities: list[tuple[int, int, int, float]] | None = None  # (label id, first, last word, score)
+    scores: Tensor | None = None  # (W, K) kept for multi-window inputs: emissions (CRF) or log-probs (NMT)
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of fp32, bf16, fp16")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be fp32, bf16 or fp16, got {dtype}")
+    if dtype != torch.float32 and device.type != "cuda":
+        raise ValueError(f"{str(dtype).replace('torch.', '')} inference needs a CUDA device; "
+                         f"on {device.type} use fp32 (the default there)")
+    return dtype
+
+
+def _check_text(index: int, text: Any) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"item {index} is {type(text).__name__}, not str: {text!r:.80}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"item {index} is not valid Unicode text: lone surrogate {text[err.start]!r} at "
+                         f"character {err.start} (cannot be encoded as UTF-8)") from None
+    return text
+
+
+def _check_words(index: int, words: Any) -> list[str]:
+    if isinstance(words, str) or not isinstance(words, Sequence):
+        raise TypeError(f"item {index} is {type(words).__name__}, not a list of words (str)")
+    for w, word in enumerate(words):
+        if not isinstance(word, str):
+            raise TypeError(f"item {index}: word {w} is {type(word).__name__}, not str: {word!r:.80}")
+        if not word:
+            raise ValueError(f"item {index}: word {w} is an empty string")
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"item {index}: word {w} is not valid Unicode text (lone surrogate)") from None
+    return list(words)
+
+
+class _ChunkRules:
+    """The conlleval chunk rules as lookup tables over tag ids, for span finding on the device.
+
+    Row/column ``K`` is a virtual ``O`` (before the first and after the last word); labels
+    outside the scheme (``<pad>``) read as ``O``.
+    """
+
+    def __init__(self, labels: Sequence[str], scheme: str):
+        scheme = normalize_scheme(scheme)
+        parsed = []
+        for label in labels:
+            try:
+                parsed.append(split_tag(label, frozenset("BIES") if scheme == "BIOES" else frozenset("BI")))
+            except TagError:
+                parsed.append(("O", ""))
+        parsed.append(("O", ""))
+        size = len(parsed)
+        # shape: (K + 1, K + 1); [prev, cur]
+        self.starts = torch.tensor([[_start_of_chunk(p, c, pt, ct) for c, ct in parsed] for p, pt in parsed])
+        self.ends = torch.tensor([[_end_of_chunk(p, c, pt, ct) for c, ct in parsed] for p, pt in parsed])
+        self.types = [t for _, t in parsed]
+        self.outside = size - 1
+        self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def spans(self, tags: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Entities of a batch of tag sequences.
+
+        Args:
+            tags: ``(B, W)`` int64 tag ids; mask: ``(B, W)`` bool prefix mask.
+
+        Returns:
+            ``spans (N, 3)`` int64 rows ``(b, first, last)`` (inclusive), row-major order, and
+            ``labels (N,)``, the tag id of each entity's first word.
+        """
+        if tags.device not in self._on:
+            self._on[tags.device] = (self.starts.to(tags.device), self.ends.to(tags.device))
+        starts, ends = self._on[tags.device]
+        B = tags.shape[0]
+        # shape: (B, W)
+        y = tags.masked_fill(~mask, self.outside)
+        boundary = y.new_full((B, 1), self.outside)
+        prev = torch.cat([boundary, y[:, :-1]], 1)
+        nxt = torch.cat([y[:, 1:], boundary], 1)
+        first = starts[prev, y] & mask  # shape: (B, W)
+        last = ends[y, nxt] & mask
+        begin = first.nonzero()  # shape: (N, 2)
+        finish = last.nonzero()
+        if begin.shape[0] != finish.shape[0]:  # the rules pair every start with an end
+            raise RuntimeError(f"chunk rules found {begin.shape[0]} entity starts but {finish.shape[0]} ends")
+        spans = torch.cat([begin, finish[:, 1:]], 1)
+        return spans, y[begin[:, 0], begin[:, 1]]
+
+
+class Tagger:
+    """Tags named entities with a trained ``NerModel``.
+
+    Build with ``Tagger.load(path)``, or ``Tagger(model, tokenizer)`` around a model in memory.
+
+    Args:
+        model: a ``NerModel`` (CRF or NMT decoder); put in eval mode and on ``device``.
+        tokenizer: its BERT checkpoint's ``WordPieceTokenizer`` (None: read from
+            ``model.config.checkpoint_dir``).
+        device: default CUDA when available, else CPU.
+        dtype: BERT's compute dtype: default bf16 on CUDA, fp32 on CPU; fp16/bf16 need CUDA
+            (a ValueError otherwise). The head's weights stay fp32 (autocast on CUDA).
+        batch_tokens: padded sub-tokens per batch (a window longer than that runs alone).
+    """
+
+    def __init__(self, model: NerModel, tokenizer: WordPieceTokenizer | None = None,
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = _resolve_dtype(dtype, self.device)
+        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
+        self.batch_tokens = batch_tokens
+        labels = model.config.labels
+        if labels is None:
+            raise ValueError("the model has no label names (config.labels): save it with its labels to tag text")
+        self.labels: list[str] = list(labels)
+        self.scheme = normalize_scheme(model.config.tag_scheme)
+        model = model.to(device=self.device, dtype=torch.float32)
+        model.features.bert.to(self.dtype)
+        self.model = model.eval()
+        if tokenizer is None:
+            tokenizer = WordPieceTokenizer.from_pretrained(
+                model.config.checkpoint_dir, max_length=model.features.bert.config.max_position_embeddings)
+        self.tokenizer = tokenizer
+        self._rules = _ChunkRules(self.labels, self.scheme)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device | None = None,
+             dtype: str | torch.dtype | None = None, checkpoint: str | Path | None = None,
+             batch_tokens: int = DEFAULT_BATCH_TOKENS) -> "Tagger":
+        """Load a model saved by ``NerModel.save`` / ``nertron train``.
+
+        Args:
+            path: the model directory (``model.json``, ``head.safetensors``); None: the default
+                model shipped inside nertron (``nertron/resources/default_model``).
+            device, dtype, batch_tokens: see ``Tagger``.
+            checkpoint: the BERT checkpoint directory, if it moved since training.
+
+        Raises:
+            FileNotFoundError: no model there (for the default: none is installed).
+            ValueError: a low-precision dtype on CPU, an unknown dtype.
+        """
+        device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        _resolve_dtype(dtype, device_)  # fail before loading anything
+        if path is None:
+            if not (DEFAULT_MODEL_DIR / "model.json").is_file():
+                raise FileNotFoundError(
+                    f"no default model is installed with nertron (expected one in {DEFAULT_MODEL_DIR}); "
+                    "pass the directory of a trained model: Tagger.load(path) / nertron tag --model DIR")
+            path = DEFAULT_MODEL_DIR
+        path = Path(path)
+        if not (path / "model.json").is_file():
+            raise FileNotFoundError(f"no nertron model in {path} (model.json missing); "
+                                    "give a directory written by `nertron train` or NerModel.save")
+        model = NerModel.load(path, checkpoint_dir=checkpoint)
+        return cls(model, device=device_, dtype=dtype, batch_tokens=batch_tokens)
+
+    def __repr__(self) -> str:
+        return (f"Tagger({type(self.model).__name__}, {len(self.labels)} labels ({self.scheme}), "
+                f"device={self.device}, dtype={str(self.dtype).replace('torch.', '')}, "
+                f"batch_tokens={self.batch_tokens})")
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def tag(self, texts: str | Sequence[str]) -> list[Entity] | list[list[Entity]]:
+        """Entities of a text, or of each text of a list.
+
+        Args:
+            texts: a str, or a list of str (any length; long texts are windowed).
+
+        Returns:
+            For a str, its entities; for a list, one entity list per text, in input order.
+            Entities are in text order; ``text[e.start:e.end] == e.text``. An empty (or
+            whitespace-only) text has none.
+
+        Raises:
+            TypeError: an item that is not a str (its index and type are named).
+            ValueError: a str with lone surrogates (not encodable as UTF-8), naming its index.
+        """
+        if isinstance(texts, str):
+            return self.tag([texts])[0]
+        if not isinstance(texts, (list, tuple)):
+            texts = list(texts)
+        return list(self.tag_iter(texts))
+
+    def tag_words(self, sentences: Sequence[Sequence[str]]) -> list[list[Entity]]:
+        """Entities of pre-split sentences (e.g. CoNLL words).
+
+        Args:
+            sentences: N word lists (non-empty str words; an empty list has no entities).
+
+        Returns:
+            N entity lists. Here ``start``/``end`` are **word indices** (``end`` exclusive:
+            the entity is ``words[start:end]``) and ``text`` is those words joined by spaces.
+        """
+        if isinstance(sentences, str):
+            raise TypeError("tag_words takes a list of word lists, not a str; use tag() for raw text")
+        return [result.entities for result in self._stream(sentences, words=True)]
+
+    def tag_iter(self, texts: Iterable[str], batch_tokens: int | None = None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[list[Entity]]:
+        """Entities of each text of an iterable, lazily, in input order.
+
+        The iterable is read ``chunk_size`` texts at a time (fewer once they hold
+        ``MAX_CHUNK_CHARS`` characters), so memory stays bounded for an input of any length;
+        each chunk is sorted by length and batched by ``batch_tokens``.
+
+        Args:
+            texts: an iterable of str (a generator, a file's lines, ...).
+            batch_tokens: padded sub-tokens per batch (default: the tagger's).
+            chunk_size: texts held at a time.
+
+        Yields:
+            One entity list per text (as ``tag``).
+        """
+        for result in self._stream(texts, words=False, batch_tokens=batch_tokens, chunk_size=chunk_size):
+            yield result.entities
+
+    def tag_file(self, in_path: str | Path, out_path: str | Path, format: str = "jsonl",
+                 batch_tokens: int | None = None) -> int:
+        """Tag a text file, one text per line, streaming.
+
+        Args:
+            in_path: UTF-8 input, one text per line (``-``: standard input).
+            out_path: output file (``-``: standard output).
+            format: ``jsonl``: one JSON object per input line, ``{"text": ..., "entities":
+                [{"text", "label", "start", "end", "score"}, ...]}``; ``conll``: one
+                ``word<TAB>tag`` line per word, a blank line after each text (so an empty
+                text is a lone blank line).
+            batch_tokens: padded sub-tokens per batch (default: the tagger's).
+
+        Returns:
+            The number of texts (lines) tagged.
+
+        Raises:
+            ValueError: invalid UTF-8, naming the file and line; an unknown format.
+        """
+        if format not in ("jsonl", "conll"):
+            raise ValueError(f"unknown output format {format!r}; expected jsonl or conll")
+        if str(in_path) != "-" and str(out_path) != "-" and Path(out_path).resolve() == Path(in_path).resolve():
+            raise ValueError(f"the output {out_path} is the input file: writing it would erase the texts")
+        count = 0
+        with _open_out(out_path) as out:
+            for text, result in self._tag_lines(read_lines(in_path), batch_tokens):
+                out.write(format_record(text, result, format))
+                count += 1
+        return count
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _tag_lines(self, lines: Iterable[str], batch_tokens: int | None = None,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[tuple[str, _Tagged]]:
+        """(text, result) for each line, in order (the file and distributed paths)."""
+        pending: deque[str] = deque()  # the lines read but not yet returned (at most a chunk)
+
+        def remember(stream: Iterable[str]) -> Iterator[str]:
+            for line in stream:
+                pending.append(line)
+                yield line
+
+        for result in self._stream(remember(lines), words=False, batch_tokens=batch_tokens, chunk_size=chunk_size):
+            yield pending.popleft(), result
+
+    def _stream(self, items: Iterable, words: bool, batch_tokens: int | None = None,
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[_Tagged]:
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        budget = self.batch_tokens if batch_tokens is None else batch_tokens
+        if not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"batch_tokens must be a positive int, got {budget!r}")
+        iterator = iter(items)
+        index = 0
+        while True:
+            chunk, chars = [], 0
+            for item in iterator:
+                item = _check_words(index, item) if words else _check_text(index, item)
+                chunk.append(item)
+                index += 1
+                chars += len(item)
+                if len(chunk) >= chunk_size or chars >= MAX_CHUNK_CHARS:
+                    break
+            if not chunk:
+                return
+            yield from self._tag_chunk(chunk, words, budget)
+            if len(chunk) < chunk_size and chars < MAX_CHUNK_CHARS:
+                return
+
+    def _encode(self, chunk: list, words: bool) -> list[WordPieces | None]:
+        """Tokenise a chunk in one batched call; None for an input without words.
+
+        Texts go through ``encode_text``'s steps (``split_text``, then the backend on the words,
+        then ``_assemble``), with one ``encode_batch`` for the chunk instead of one call a text.
+        """
+        if words:
+            present = [n for n, sentence in enumerate(chunk) if sentence]
+            encoded = self.tokenizer.encode_words_batch([chunk[n] for n in present])
+        else:
+            # encode_text, batched: split into words (keeping offsets), then one encode_batch
+            splits = [self.tokenizer.split_text(text) for text in chunk]
+            present = [n for n, offsets in enumerate(splits) if offsets]
+            word_lists = [[chunk[n][a:b] for a, b in splits[n]] for n in present]
+            encodings = self.tokenizer._backend.encode_batch(word_lists, is_pretokenized=True,
+                                                             add_special_tokens=False) if word_lists else []
+            encoded = [self.tokenizer._assemble(w, splits[n], chunk[n], e, drop_empty=True)
+                       for n, w, e in zip(present, word_lists, encodings)]
+        pieces: list[WordPieces | None] = [None] * len(chunk)
+        for n, p in zip(present, encoded):
+            pieces[n] = p if p.words else None
+        return pieces
+
+    def _tag_chunk(self, chunk: list, words: bool, budget: int) -> list[_Tagged]:
+        pieces = self._encode(chunk, words)
+        units: list[_Unit] = []
+        windows_of: list[list[_Unit]] = [[] for _ in chunk]
+        for n, p in enumerate(pieces):
+            if p is None:
+                continue
+            for k, window in enumerate(self.tokenizer.windows(p)):
+                unit = _Unit(n, k, window)
+                units.append(unit)
+                windows_of[n].append(unit)
+        multi = {n for n, group in enumerate(windows_of) if len(group) > 1}
+        order = sorted(range(len(units)), key=lambda u: len(units[u].window.input_ids))
+        batch: list[_Unit] = []
+        longest = 0
+        for u in order:
+            unit = units[u]
+            length = len(unit.window.input_ids) + 2
+            if batch and max(longest, length) * (len(batch) + 1) > budget:
+                self._run_batch(batch, multi)
+                batch, longest = [], 0
+            batch.append(unit)
+            longest = max(longest, length)
+        if batch:
+            self._run_batch(batch, multi)
+        results = []
+        for n, item in enumerate(chunk):
+            p = pieces[n]
+            if p is None:
+                results.append(_Tagged([], [], []))
+            elif n in multi:
+                results.append(self._merge(p, windows_of[n], item, words))
+            else:
+                unit = windows_of[n][0]
+                results.append(self._result(p, unit.tags, unit.entities, item, words))
+        return results
+
+    def _collate(self, units: list[_Unit]) -> dict[str, Tensor]:
+        batch = self.tokenizer.batch([unit.window for unit in units])
+        width = max(len(unit.window.word_spans) for unit in units)
+        word_index = torch.zeros(len(units), width, dtype=torch.long)
+        word_mask = torch.zeros(len(units), width, dtype=torch.bool)
+        for row, unit in enumerate(units):
+            starts = unit.window.word_starts
+            word_index[row, :len(starts)] = torch.tensor(starts) + 1  # +1: [CLS] comes first
+            word_mask[row, :len(starts)] = True
+        batch.update(word_index=word_index, word_mask=word_mask)
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+
+    @torch.inference_mode()
+    def _run_batch(self, units: list[_Unit], multi: set[int]) -> None:
+        """Run one batch; store each window's word tags and its entities with scores."""
+        batch = self._collate(units)
+        mask = batch["word_mask"]  # shape: (B, W)
+        autocast = self.dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+            out = self.model(batch)
+        tags = out.tags  # shape: (B, W), -1 at padding
+        scores = self._score_tensor(out.emissions)  # shape: (B, W, K) fp32
+        spans, label_ids = self._rules.spans(tags, mask)
+        log_probs = self._span_log_probs(scores, mask, tags, spans)  # shape: (N,)
+        # one transfer back per batch
+        tags_cpu = tags.cpu().tolist()
+        spans_cpu = spans.cpu().tolist()
+        labels_cpu = label_ids.cpu().tolist()
+        probs_cpu = log_probs.exp().clamp(max=1.0).cpu().tolist()
+        per_row: list[list[tuple[int, int, int, float]]] = [[] for _ in units]
+        for (row, first, last), label, prob in zip(spans_cpu, labels_cpu, probs_cpu):
+            per_row[row].append((label, first, last, prob))
+        for row, unit in enumerate(units):
+            n = len(unit.window.word_spans)
+            unit.tags = tags_cpu[row][:n]
+            unit.entities = per_row[row]
+            if unit.item in multi:
+                unit.scores = scores[row, :n].cpu()
+
+    def _score_tensor(self, emissions: Tensor) -> Tensor:
+        """What spans are scored from: CRF emissions, or the NMT decoder's log-probabilities (fp32)."""
+        if self.model.decoder == "crf":
+            return emissions.float()
+        return torch.log_softmax(emissions.float(), -1)
+
+    def _span_log_probs(self, scores: Tensor, mask: Tensor, tags: Tensor, spans: Tensor) -> Tensor:
+        """``(N,)`` log-probabilities of the spans' tags (see the module doc)."""
+        if self.model.decoder == "crf":
+            start, end, transitions = self.model.crf._scores(constrained=True)
+            return crf_span_log_probs(scores, mask, tags, spans, start.float(), end.float(), transitions.float())
+        if spans.shape[0] == 0:
+            return scores.new_zeros((0,))
+        # shape: (B, W): log-probability of each decoded tag
+        picked = scores.gather(2, tags.clamp(min=0).unsqueeze(2)).squeeze(2)
+        b, i, j = spans.unbind(1)
+        positions = i.unsqueeze(1) + torch.arange(int((j - i).max()) + 1, device=spans.device)  # shape: (N, L)
+        inside = positions <= j.unsqueeze(1)
+        values = picked[b.unsqueeze(1), positions.clamp(max=picked.shape[1] - 1)]
+        return torch.where(inside, values, values.new_zeros(())).sum(1)
+
+    def _merge(self, pieces: WordPieces, units: list[_Unit], item: Any, words: bool) -> _Tagged:
+        """Merge the windows of a long input; score each entity in the window that owns it."""
+        units = sorted(units, key=lambda unit: unit.number)
+        windows = [unit.window for unit in units]
+        merged = merge_windows(pieces, windows, [[(tag, k) for tag in unit.tags] for k, unit in enumerate(units)])
+        tags = [tag for tag, _ in merged]
+        owner = [k for _, k in merged]
+        tag_tensor = torch.tensor([tags])
+        spans, label_ids = self._rules.spans(tag_tensor, torch.ones_like(tag_tensor, dtype=torch.bool))
+        # choose a window for each entity and put its span in that window's coordinates
+        rows: dict[int, list[tuple[int, int, int]]] = {}
+        assigned = []
+        for _, first, last in spans.tolist():
+            k = owner[first]
+            holds = [m for m, w in enumerate(windows)
+                     if w.word_index - pieces.word_index <= first and last < w.word_index - pieces.word_index + len(w.words)]
+            if holds:
+                k = k if k in holds else holds[0]
+            offset = windows[k].word_index - pieces.word_index
+            local_last = min(last, offset + len(windows[k].words) - 1)
+            rows.setdefault(k, []).append((first - offset, local_last - offset, len(assigned)))
+            assigned.append(k)
+        probs = [0.0] * len(assigned)
+        if assigned:
+            order = sorted(rows)
+            width = max(len(windows[k].words) for k in order)
+            K = units[0].scores.shape[1]
+            scores = torch.zeros(len(order), width, K)
+            mask = torch.zeros(len(order), width, dtype=torch.bool)
+            local_tags = torch.full((len(order), width), -1, dtype=torch.long)
+            span_rows, targets = [], []
+            for row, k in enumerate(order):
+                n = len(windows[k].words)
+                offset = windows[k].word_index - pieces.word_index
+                scores[row, :n] = units[k].scores
+                mask[row, :n] = True
+                local_tags[row, :n] = torch.tensor(tags[offset:offset + n])
+                for first, last, slot in rows[k]:
+                    span_rows.append((row, first, last))
+                    targets.append(slot)
+            device = self.device
+            log_probs = self._span_log_probs(scores.to(device), mask.to(device), local_tags.to(device),
+                                             torch.tensor(span_rows, device=device))
+            for slot, prob in zip(targets, log_probs.exp().clamp(max=1.0).cpu().tolist()):
+                probs[slot] = prob
+        entities = [(label, first, last, prob)
+                    for (_, first, last), label, prob in zip(spans.tolist(), label_ids.tolist(), probs)]
+        return self._result(pieces, tags, entities, item, words)
+
+    def _result(self, pieces: WordPieces, tags: list[int], entities: list[tuple[int, int, int, float]],
+                item: Any, words: bool) -> _Tagged:
+        found = []
+        for label, first, last, prob in entities:
+            kind = self._rules.types[label]
+            if words:
+                found.append(Entity(" ".join(item[first:last + 1]), kind, first, last + 1, prob))
+            else:
+                start, end = pieces.word_offsets[first][0], pieces.word_offsets[last][1]
+                found.append(Entity(item[start:end], kind, start, end, prob))
+        names = [self.labels[t] for t in tags]
+        return _Tagged(list(pieces.words), names, found)
+
+
+# --- file helpers (shared with nertron.engine.distributed) ---------------------------------------
+
+
+def read_lines(path: str | Path, stride: int = 1, offset: int = 0) -> Iterator[str]:
+    """The lines of a UTF-8 text file (``-``: standard input), without line ends, streaming.
+
+    Args:
+        path: the file.
+        stride, offset: yield only lines ``offset``, ``offset + stride``, ... (for sharding;
+            the other lines are skipped undecoded).
+
+    Raises:
+        ValueError: a line that is not valid UTF-8, naming the file and line number.
+        FileNotFoundError: no such file.
+    """
+    stream = sys.stdin.buffer if str(path) == "-" else None
+    if stream is None and not Path(path).is_file():
+        raise FileNotFoundError(f"no input file {path}")
+    handle = stream if stream is not None else open(path, "rb")
+    try:
+        for number, raw in enumerate(handle):
+            if number % stride != offset:
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: line {number + 1}: not valid UTF-8 ({err.reason} at byte "
+                                 f"{err.start} of the line: {raw[err.start:err.start + 4]!r})") from None
+            if line.endswith("\n"):
+                line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            yield line
+    finally:
+        if stream is None:
+            handle.close()
+
+
+def _open_out(path: str | Path) -> IO[str]:
+    if str(path) == "-":
+        return _Unclosed(sys.stdout)
+    return open(path, "w", encoding="utf-8", newline="\n")
+
+
+class _Unclosed(io.TextIOBase):
+    """Standard output in a ``with`` block that must not close it."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text)
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
+def format_record(text: str, result: _Tagged, format: str) -> str:
+    """One input's output record: a JSON line (``jsonl``) or a CoNLL block (``conll``)."""
+    if format == "jsonl":
+        return json.dumps({"text": text, "entities": [e.to_dict() for e in result.entities]},
+                          ensure_ascii=False) + "\n"
+    if format == "conll":
+        return "".join(f"{word}\t{tag}\n" for word, tag in zip(result.words, result.tags)) + "\n"
+    raise ValueError(f"unknown output format {format!r}; expected jsonl or conll")
