@@ -254,6 +254,14 @@ def test_tag_words_gives_word_indices(tagger, conll_dev, texts):
             assert e.text == " ".join(words[e.start:e.end])
 
 
+def starts_of(pieces) -> list[int]:
+    return [a for a, _ in pieces.word_offsets]
+
+
+def ends_of(pieces) -> list[int]:
+    return [b for _, b in pieces.word_offsets]
+
+
 def test_long_text_is_windowed_without_losing_words(model_dir, conll_dev):
     """A text of > 512 sub-tokens: every word gets exactly one tag, the tags are those of the
     windows tagged one by one and merged, and no entity is lost or doubled at the seams."""
@@ -276,6 +284,18 @@ def test_long_text_is_windowed_without_losing_words(model_dir, conll_dev):
     seams = {w.word_index for w in windows[1:]} | {w.word_index + len(w.words) for w in windows[:-1]}
     assert len(entities) > 20 and seams
     # the same words given as a word list: same spans, as word indices
+    # scores: an entity is scored in a window holding it; where that window, tagged alone,
+    # finds the same entity, the score is the same
+    alone = [next(tagger._stream([w.words], words=True)).entities for w in windows]
+    matched = 0
+    for e in entities:
+        first, last = starts_of(pieces).index(e.start), ends_of(pieces).index(e.end)
+        scores = {x.score for w, found in zip(windows, alone) for x in found
+                  if (x.label, x.start + w.word_index, x.end + w.word_index) == (e.label, first, last + 1)}
+        if scores:
+            assert any(abs(e.score - s) < 1e-6 for s in scores)
+            matched += 1
+    assert matched > 0.8 * len(entities)
     [by_words] = tagger.tag_words([pieces.words])
     starts = [a for a, _ in pieces.word_offsets]
     ends = [b for _, b in pieces.word_offsets]
