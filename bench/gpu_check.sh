@@ -3,6 +3,7 @@
 #
 #     bash bench/gpu_check.sh            # everything
 #     CRF_QUICK=1 bash bench/gpu_check.sh   # CRF: targets + bandwidth only, no grid
+#     REPORT_ARGS=--no-compile bash bench/gpu_check.sh   # options for bench/report.py
 #
 # One section per component; later issues append theirs below the CRF section. A failing
 # section is reported and the script goes on; the exit status is non-zero if any failed.
@@ -46,6 +47,14 @@ if [ "${CRF_QUICK:-0}" != "1" ]; then
         --benchmark-json "$RESULTS/crf_gpu_pytest.json"
     run crf_pytest_table python bench/bench_crf.py table "$RESULTS/crf_gpu_pytest.json" "$RESULTS/crf_gpu_pytest.md"
 fi
+
+# ------------------------------------------------------------------ benchmark suite (issue 6)
+# Every component vs transformers / pytorch-crf (eager and torch.compile), bf16 Triton path,
+# do_bench: report_cuda.md / .json / *.png under $RESULTS/report. REPORT_ARGS adds options,
+# e.g. REPORT_ARGS="--sections encoder,e2e" or "--no-compile".
+section "benchmark suite: python bench/report.py --device cuda"
+# shellcheck disable=SC2086
+run bench_report python bench/report.py --device cuda --out "$RESULTS/report" ${REPORT_ARGS:-}
 
 # ------------------------------------------------------------------ (next sections here)
 

@@ -158,6 +158,34 @@ def _load_intents(data, model_dir) -> None:
         data.intent_vocab = IntentVocab(json.loads(path.read_text()))
 
 
+def _bench_script() -> Path:
+    """bench/report.py of the source checkout nertron runs from (nertron/../bench)."""
+    import nertron
+
+    return Path(nertron.__file__).resolve().parent.parent / "bench" / "report.py"
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    script = _bench_script()
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"the benchmark suite is not installed with nertron: {script} is missing. `nertron bench` runs "
+            "from a source checkout (git clone the repository, then pip install -e '.[bench]')"
+        )
+    spec = importlib.util.spec_from_file_location("nertron_bench_report", script)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    argv = ["--sections", args.sections]
+    for flag, value in (("--device", args.device), ("--out", args.out), ("--threads", args.threads)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += ["--quick"] if args.quick else []
+    argv += ["--no-compile"] if args.no_compile else []
+    return report.main(argv)
+
+
 def _cmd_tag(args: argparse.Namespace) -> int:
     if args.input is not None and args.texts:
         raise ValueError("give texts on the command line or --input FILE, not both")
@@ -297,6 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="BERT's compute dtype (default: bf16 on CUDA, fp32 on CPU; bf16/fp16 need CUDA)")
     tag.add_argument("--batch-tokens", type=int, default=4096, help="padded sub-tokens per batch")
     tag.set_defaults(run=_cmd_tag)
+
+    sections = "crf,pooling,attention,gemm,layernorm,encoder,e2e"
+    bench = sub.add_parser("bench", help="run the benchmark suite (Markdown + JSON + plots)",
+                           description="Benchmark every component (CRF, pooling, attention, GEMM, LayerNorm, "
+                           "encoder, end-to-end tagger) against transformers / pytorch-crf baselines, eager and "
+                           "torch.compile, in one run on this device; needs the source checkout (bench/report.py).")
+    bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    bench.add_argument("--out", default=None, help="output directory (default: bench/results of the checkout)")
+    bench.add_argument("--quick", action="store_true", help="tiny grid: a smoke test, not a measurement")
+    bench.add_argument("--sections", default=sections, help=f"comma-separated subset of {sections}")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    bench.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 

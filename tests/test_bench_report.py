@@ -1,0 +1,55 @@
+"""Smoke test of the benchmark suite (bench/report.py): a --quick CPU run of three sections
+writes the Markdown report, the JSON file and the plots, and every measured row holds the
+nertron timing, the baseline timing and their ratio."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("transformers")
+pytest.importorskip("torchcrf")
+
+REPORT = Path(__file__).resolve().parents[1] / "bench" / "report.py"
+
+
+def _load_report():
+    spec = importlib.util.spec_from_file_location("bench_report_under_test", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_report_on_cpu(tmp_path, minilm_dir):
+    threads = torch.get_num_threads()
+    try:
+        code = _load_report().main(["--device", "cpu", "--quick", "--sections", "crf,pooling,e2e",
+                                    "--out", str(tmp_path), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    md, js = tmp_path / "report_cpu.md", tmp_path / "report_cpu.json"
+    assert md.is_file() and js.is_file()
+    report = json.loads(js.read_text())
+    env = report["environment"]
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["date"]
+    for section in ("crf", "pooling", "e2e"):
+        png = tmp_path / f"report_cpu_{section}.png"
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", section
+        assert f"report_cpu_{section}.png" in md.read_text()
+    rows = report["rows"]
+    assert {r["section"] for r in rows} == {"crf", "pooling", "e2e"}
+    ops = {(r["section"], r["op"]) for r in rows}
+    assert ("crf", "decode") in ops and ("crf", "nll fwd+bwd") in ops
+    for row in rows:
+        assert not row.get("status"), row
+        ours, base = row["impls"]["nertron"], row["impls"][row["baseline"]]
+        for result in (ours, base):
+            assert result["ms"] > 0 and result["p20_ms"] <= result["ms"] <= result["p80_ms"], row
+            assert result["tokens_per_s"] > 0 and result["peak_mem_mb"] is not None
+        assert row["ratio"] == pytest.approx(base["ms"] / ours["ms"])
+    e2e = [r for r in rows if r["section"] == "e2e"]
+    assert all(r["impls"]["nertron"]["sentences_per_s"] > 0 for r in e2e)
+    assert all(r["tags_agree"] == pytest.approx(1.0) for r in e2e)  # same weights, fp32: same tags
