@@ -720,7 +720,7 @@ def section_encoder(bench: Bench) -> list[dict]:
                      "transformers": measure(bench, wrap(hf), tokens=tokens, sentences=B, label=label + " transformers")}
             if bench.compile_here(sweep, point):
                 impls["transformers+compile"] = compiled_measure(
-                    bench, lambda: wrap(torch.compile(hf, dynamic=False)), tokens=tokens, sentences=B,
+                    bench, lambda model=hf: wrap(torch.compile(model, dynamic=False)), tokens=tokens, sentences=B,
                     label=label + " transformers+compile")
             rows.append(make_row("encoder", f"BertModel {shape}", sweep, config, impls, "transformers", tokens, B))
         del ours, hf
