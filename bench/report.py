@@ -737,7 +737,7 @@ def conll_sentences() -> tuple[list, str]:
     root = Path(os.environ.get("NERTRON_DATA", REPO.parent / "shared" / "data"))
     path = root / "conll2003" / "eng.testb"
     if path.is_file():
-        return list(read_dataset(path, "conll")), f"CoNLL-2003 eng.testb ({path})"
+        return list(read_dataset(path, "conll")), "CoNLL-2003 eng.testb (conll2003/eng.testb of the shared data)"
     return None, "missing"
 
 
