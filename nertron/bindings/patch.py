@@ -58,17 +58,22 @@ def _is_allennlp_scalar_mix(module: nn.Module) -> bool:
     return cls.__name__ == "ScalarMix" and cls.__module__.split(".")[0] == "allennlp"
 
 
+def _split_call(signature: inspect.Signature, args: tuple, kwargs: dict, served_args: set[str]):
+    """Bind a call: (its named arguments, ``**kwargs`` included; the ones outside ``served_args``)."""
+    arguments = dict(signature.bind(*args, **kwargs).arguments)
+    extra = arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
+    arguments.update(extra)
+    return arguments, {k: v for k, v in arguments.items() if k not in served_args}
+
+
 def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
     original = module.forward
     signature = inspect.signature(original)
 
     def forward(*args: Any, **kwargs: Any):
-        bound = signature.bind(*args, **kwargs)
-        arguments = dict(bound.arguments)
-        extra = arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
+        arguments, others = _split_call(signature, args, kwargs, _FUSED_ARGS)
         input_ids = arguments.get("input_ids")
         attention_mask = arguments.get("attention_mask")
-        others = {k: v for k, v in {**arguments, **extra}.items() if k not in _FUSED_ARGS}
         served = (
             input_ids is not None
             and input_ids.dim() == 2
@@ -83,7 +88,7 @@ def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
             return original(*args, **kwargs)
         from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
-        want_states = arguments.get("output_hidden_states", extra.get("output_hidden_states"))
+        want_states = arguments.get("output_hidden_states")
         if want_states is None:
             want_states = bool(getattr(module.config, "output_hidden_states", False))
         result = fused_encoder_forward(
@@ -94,7 +99,7 @@ def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
             pooler_output=result.pooler_output,
             hidden_states=result.hidden_states,
         )
-        return_dict = arguments.get("return_dict", extra.get("return_dict"))
+        return_dict = arguments.get("return_dict")
         return output.to_tuple() if return_dict is False else output
 
     forward.__wrapped__ = original
@@ -112,11 +117,8 @@ def _wrap_hf_bert_encoder(module: nn.Module, backend: str) -> None:
     signature = inspect.signature(original)
 
     def forward(*args: Any, **kwargs: Any):
-        bound = signature.bind(*args, **kwargs)
-        arguments = dict(bound.arguments)
-        extra = arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
+        arguments, others = _split_call(signature, args, kwargs, _ENCODER_ARGS)
         hidden_states = arguments.get("hidden_states")
-        others = {k: v for k, v in {**arguments, **extra}.items() if k not in _ENCODER_ARGS}
         served = (
             isinstance(hidden_states, torch.Tensor)
             and all(v is None or v is False for v in others.values())
