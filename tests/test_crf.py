@@ -15,6 +15,7 @@ from nertron.bindings.crf import (
     crf_log_partition_torch,
     crf_marginals_torch,
     crf_score_torch,
+    crf_viterbi_nbest_torch,
     crf_viterbi_torch,
 )
 
@@ -202,6 +203,65 @@ def test_reference_against_brute_force(K, T):
         full[:n] = gold
         s = crf_score_torch(emissions[b:b + 1], full[None], mask[b:b + 1], start, end, trans)
         torch.testing.assert_close(s[0], scores[len(paths) // 2])
+
+
+@pytest.mark.parametrize("K,T,nbest", [(2, 1, 3), (2, 4, 5), (3, 3, 4), (3, 4, 30), (4, 3, 7)])
+@pytest.mark.parametrize("constrained", [False, True])
+def test_nbest_against_brute_force(K, T, nbest, constrained):
+    """The n best paths are the n highest-scoring of all K**n paths, best first; sequences with
+    fewer (allowed) paths than n get -inf scores and pad tags for the missing ones."""
+    gen = torch.Generator().manual_seed(K * 100 + T * 10 + nbest)
+    B = 4
+    emissions = torch.randn(B, T, K, generator=gen, dtype=torch.float64)
+    start, end = torch.randn(K, generator=gen, dtype=torch.float64), torch.randn(K, generator=gen, dtype=torch.float64)
+    trans = torch.randn(K, K, generator=gen, dtype=torch.float64)
+    if constrained:
+        trans[0, 1] = float("-inf")  # 0 -> 1 never
+        start[1] = float("-inf")  # never start in 1
+    lengths = ragged_lengths(B, T, gen)
+    mask = torch.arange(T)[None] < lengths[:, None]
+    tags, scores = crf_viterbi_nbest_torch(emissions, mask, start, end, trans, nbest, pad_tag=-7)
+    assert tags.shape == (nbest, B, T) and scores.shape == (nbest, B)
+    best_tags, best = crf_viterbi_torch(emissions, mask, start, end, trans, pad_tag=-7)
+    assert torch.equal(tags[0], best_tags)
+    torch.testing.assert_close(scores[0], best)
+    for b in range(B):
+        n = int(lengths[b])
+        paths, all_scores = all_paths(emissions[b], n, start, end, trans)
+        allowed = [(s.item(), path) for s, path in zip(all_scores, paths) if s > float("-inf")]
+        expected = sorted(allowed, key=lambda x: -x[0])[:nbest]
+        found = scores[:, b]
+        for r, (score, path) in enumerate(expected):
+            torch.testing.assert_close(found[r].item(), score)
+            assert tags[r, b, :n].tolist() == list(path)
+            assert bool((tags[r, b, n:] == -7).all())
+        for r in range(len(expected), nbest):  # fewer paths than asked for
+            assert found[r] == float("-inf") and bool((tags[r, b] == -7).all())
+
+
+def test_module_nbest_layouts_and_errors():
+    torch.manual_seed(0)
+    crf = CRF(5)
+    emissions = torch.randn(6, 3, 5)  # (T, B, K)
+    mask = torch.ones(6, 3, dtype=torch.bool)
+    mask[4:, 1] = False
+    lists = crf.decode(emissions, mask, nbest=3)
+    assert [len(paths) for paths in lists] == [3, 3, 3]
+    assert [lists[b][0] for b in range(3)] == crf.decode(emissions, mask)  # the best path first
+    assert [len(p) for p in lists[1]] == [4, 4, 4] and len({tuple(p) for p in lists[0]}) == 3
+    tags, scores = crf.decode(emissions, mask, nbest=3, as_tensor=True)
+    assert tags.shape == (3, 6, 3) and scores.shape == (3, 3)  # (nbest, T, B) for a (T, B) layout
+    assert bool((scores[:-1] >= scores[1:]).all())
+    first = CRF(5, batch_first=True)
+    first.load_state_dict(crf.state_dict())
+    tags_bf, scores_bf = first.decode(emissions.transpose(0, 1), mask.t(), nbest=3, as_tensor=True)
+    assert torch.equal(tags_bf, tags.transpose(1, 2)) and torch.equal(scores_bf, scores)
+    # two tags, one step: only two paths exist, a third is left out of the lists
+    small = CRF(2)
+    assert [len(p) for p in small.decode(torch.randn(1, 2, 2), nbest=3)] == [2, 2]
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="nbest must be a positive int"):
+            crf.decode(emissions, mask, nbest=bad)
 
 
 @pytest.mark.parametrize("K,T", [(3, 1), (5, 9), (17, 6)])

@@ -36,6 +36,7 @@ __all__ = [
     "crf_score_torch",
     "crf_log_partition_torch",
     "crf_viterbi_torch",
+    "crf_viterbi_nbest_torch",
     "crf_marginals_torch",
     "crf_span_log_probs",
     "CRFLogPartition",
@@ -361,6 +362,66 @@ def crf_viterbi_torch(emissions: torch.Tensor, mask: torch.Tensor, start: torch.
     return tags, best_score
 
 
+def crf_viterbi_nbest_torch(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
+                            end: torch.Tensor, transitions: torch.Tensor, nbest: int,
+                            pad_tag: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """N-best (top-``nbest``) Viterbi: the ``nbest`` highest-scoring tag paths of each sequence.
+
+    Each (step, tag) cell keeps the ``nbest`` best partial paths ending there instead of one;
+    a step takes the top ``nbest`` of the ``K * nbest`` candidates per tag. Vectorised over
+    the batch, looping over time only; back-pointers are (previous tag, previous rank) pairs
+    flattened into one index, and padded steps point every cell to itself.
+
+    Args:
+        emissions: ``(B, T, K)``; mask: ``(B, T)`` bool prefix mask; start, end: ``(K,)``;
+        transitions: ``(K, K)`` (``-inf`` where disallowed).
+        nbest: how many paths per sequence (>= 1).
+        pad_tag: tag written at padded steps, and in every step of a path that does not
+            exist (a sequence with fewer than ``nbest`` allowed paths; its score is ``-inf``).
+
+    Returns:
+        tags ``(nbest, B, T)`` int64, best first, and their scores ``(nbest, B)``.
+    """
+    B, T, K = emissions.shape
+    n = int(nbest)
+    dt = _compute_dtype(emissions, transitions)
+    emissions, mask = _trim(emissions, mask)
+    t_max = emissions.size(1)
+    em = emissions.to(dt)
+    tr = transitions.to(dt)
+    # score[b, j, r]: r-th best partial path ending in tag j; only rank 0 exists at t = 0
+    # shape: (B, K, n)
+    score = em.new_full((B, K, n), float("-inf"))
+    score[:, :, 0] = start.to(dt) + em[:, 0]
+    # back-pointers into the flattened (K_prev * n) candidates of the previous step
+    # shape: (T', B, K, n)
+    history = torch.empty((t_max, B, K, n), dtype=torch.int64, device=em.device)
+    # padded steps: cell (j, r) points to itself
+    # shape: (B, K, n)
+    identity = (torch.arange(K, device=em.device)[:, None] * n
+                + torch.arange(n, device=em.device)[None, :]).expand(B, K, n)
+    for t in range(1, t_max):
+        # candidates for tag j at step t: every (previous tag, rank) cell plus the transition
+        # shape: (B, K_next, K_prev * n)
+        cand = (score.unsqueeze(1) + tr.t()[None, :, :, None]).reshape(B, K, K * n)
+        best, idx = cand.topk(n, dim=2)  # shape: (B, K, n), sorted best first
+        on = mask[:, t].view(B, 1, 1)
+        score = torch.where(on, best + em[:, t].unsqueeze(2), score)
+        history[t] = torch.where(on, idx, identity)
+    # shape: (B, K * n)
+    final = (score + end.to(dt)[None, :, None]).reshape(B, K * n)
+    scores, cur = final.topk(n, dim=1)  # shape: (B, n), flattened (tag, rank) cells
+    tags = torch.full((n, B, T), pad_tag, dtype=torch.int64, device=em.device)
+    for t in range(t_max - 1, -1, -1):
+        tags[:, :, t] = (cur // n).t()
+        if t > 0:
+            cur = history[t].reshape(B, K * n).gather(1, cur)
+    tags[:, :, :t_max].masked_fill_(~mask.unsqueeze(0), pad_tag)
+    # paths that do not exist (fewer allowed paths than n) are all pad_tag
+    tags.masked_fill_((scores == float("-inf")).t().unsqueeze(2), pad_tag)
+    return tags, scores.t().contiguous()
+
+
 # --------------------------------------------------------------------------------------
 # autograd Function over the Triton kernels
 # --------------------------------------------------------------------------------------
@@ -648,8 +709,8 @@ class CRF(nn.Module):
         return llh.sum() / mask.float().sum()
 
     def decode(self, emissions: torch.Tensor, mask: Optional[torch.ByteTensor] = None, *,
-               as_tensor: bool = False, pad_tag: int = -1
-               ) -> Union[List[List[int]], Tuple[torch.Tensor, torch.Tensor]]:
+               as_tensor: bool = False, pad_tag: int = -1, nbest: Optional[int] = None
+               ) -> Union[List[List[int]], List[List[List[int]]], Tuple[torch.Tensor, torch.Tensor]]:
         """Find the most likely tag sequence using the Viterbi algorithm.
 
         Args:
@@ -659,6 +720,11 @@ class CRF(nn.Module):
                 int64 in the layout of ``mask`` (``(T, B)``, or ``(B, T)`` if batch first)
                 with ``pad_tag`` at padded steps, ``scores`` ``(B,)`` best path scores.
             pad_tag: the tag written at padded steps when ``as_tensor``.
+            nbest: also the next best paths: the ``nbest`` highest-scoring paths per
+                sequence, best first (PyTorch reference path on every device). Lists: per
+                sequence a list of up to ``nbest`` paths (fewer when fewer paths are
+                allowed); tensors: ``tags`` with a leading ``nbest`` dimension and
+                ``scores`` ``(nbest, B)``, ``-inf`` (and ``pad_tag`` tags) for missing paths.
 
         Returns:
             List of list containing the best tag sequence for each batch (or the tensors).
@@ -666,6 +732,18 @@ class CRF(nn.Module):
         self._validate(emissions, mask=mask)
         emissions, mask = self._batch_first(emissions, mask)
         start, end, trans = self._scores(constrained=True)
+        if nbest is not None:
+            if isinstance(nbest, bool) or not isinstance(nbest, int) or nbest < 1:
+                raise ValueError(f"nbest must be a positive int, got {nbest!r}")
+            with torch.no_grad():
+                tags, scores = crf_viterbi_nbest_torch(emissions, mask, start, end, trans, nbest, pad_tag=pad_tag)
+            if as_tensor:
+                return (tags if self.batch_first else tags.transpose(1, 2)), scores
+            lengths = mask.sum(1).tolist()
+            alive = (scores > float("-inf")).t().tolist()  # shape: (B, nbest)
+            paths = tags.permute(1, 0, 2).tolist()  # shape: (B, nbest, T)
+            return [[path[:n] for path, ok in zip(rows, keep) if ok]
+                    for rows, keep, n in zip(paths, alive, lengths)]
         with torch.no_grad():
             if self._use_triton(emissions):
                 lengths = mask.sum(1).to(torch.int32)
