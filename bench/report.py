@@ -48,6 +48,7 @@ import argparse
 import copy
 import ctypes
 import datetime
+import functools
 import json
 import math
 import os
@@ -439,12 +440,7 @@ def section_pooling(bench: Bench) -> list[dict]:
         label = f"pooling B={B} T={T}"
 
         def forward(run):
-            def fn():
-                with torch.no_grad():
-                    out = run()
-                bench.sync()
-                return out
-            return fn
+            return _synced(bench, run, torch.no_grad)
 
         def train(module, run):
             def fn():
@@ -484,6 +480,16 @@ def _bind(fn: Callable, *args: Any) -> Callable[[], Any]:
     return lambda: fn(*args)
 
 
+def _synced(bench: "Bench", run: Callable[[], Any], no_autograd: Callable = torch.inference_mode) -> Callable[[], Any]:
+    """One timed call: ``run()`` without autograd, then a device sync."""
+    def fn():
+        with no_autograd():
+            out = run()
+        bench.sync()
+        return out
+    return fn
+
+
 class _AttnModule(torch.nn.Module):
     """What transformers' attention functions read from the calling module."""
 
@@ -515,13 +521,7 @@ def section_attention(bench: Bench) -> list[dict]:
                          path="triton varlen (packed tokens)" if bench.kernels else "reference (torch SDPA, additive mask)")
         label = f"attention B={B} T={T}"
 
-        def wrap(run):
-            def fn():
-                with torch.inference_mode():
-                    out = run()
-                bench.sync()
-                return out
-            return fn
+        wrap = functools.partial(_synced, bench)
 
         if bench.kernels:
             from nertron.kernels.attention import attention
@@ -584,13 +584,7 @@ def section_gemm(bench: Bench) -> list[dict]:
                     y = torch.nn.functional.gelu(y)
                 return y + r if r is not None else y
 
-            def wrap(run):
-                def fn():
-                    with torch.inference_mode():
-                        out = run()
-                    bench.sync()
-                    return out
-                return fn
+            wrap = functools.partial(_synced, bench)
 
             flops = 2.0 * M * N * K
             label = f"gemm {key} M={M}"
@@ -627,13 +621,7 @@ def section_layernorm(bench: Bench) -> list[dict]:
         w = torch.randn(hidden, generator=g).to(device, dtype)
         b = torch.randn(hidden, generator=g).to(device, dtype)
 
-        def wrap(run):
-            def fn():
-                with torch.inference_mode():
-                    out = run()
-                bench.sync()
-                return out
-            return fn
+        wrap = functools.partial(_synced, bench)
 
         label = f"layernorm M={M}"
         config = _config(sweep, point, lengths, M=M, hidden=hidden, dtype=_dtype_name(dtype), path="triton")
