@@ -400,10 +400,12 @@ def crf_viterbi_nbest_torch(emissions: torch.Tensor, mask: torch.Tensor, start: 
     # shape: (B, K, n)
     identity = (torch.arange(K, device=em.device)[:, None] * n
                 + torch.arange(n, device=em.device)[None, :]).expand(B, K, n)
+    # shape: (1, K_next, K_prev, 1)
+    tr_t = tr.t()[None, :, :, None]
     for t in range(1, t_max):
         # candidates for tag j at step t: every (previous tag, rank) cell plus the transition
         # shape: (B, K_next, K_prev * n)
-        cand = (score.unsqueeze(1) + tr.t()[None, :, :, None]).reshape(B, K, K * n)
+        cand = (score.unsqueeze(1) + tr_t).reshape(B, K, K * n)
         best, idx = cand.topk(n, dim=2)  # shape: (B, K, n), sorted best first
         on = mask[:, t].view(B, 1, 1)
         score = torch.where(on, best + em[:, t].unsqueeze(2), score)
