@@ -5,8 +5,10 @@
 #   .data/  a copy of ../shared/data (the GPU machine gets the working tree only)
 #   .ckpt/  the MiniLM checkpoint with fp16 weights (the fp32 file, 87 MiB, is over the 64 MiB
 #           carry limit; tests compare nertron and transformers loaded from the same file)
-# then, on the device: bash bench/gpu_check.sh  (it installs .whl and points NERTRON_DATA /
-# NERTRON_CHECKPOINT at .data / .ckpt when they are there).
+# then, on the device: bash bench/gpu_check.sh quick  (the headline table, <= 8 min; or the long
+# sections without `quick`); it installs .whl and points NERTRON_DATA / NERTRON_CHECKPOINT at
+# .data / .ckpt when they are there. The three folders come to about 60 MiB (du -sh below);
+# with the working tree they must stay under the device tool's 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"
@@ -29,4 +31,5 @@ for name in ("config.json", "vocab.txt", "tokenizer_config.json", "special_token
         shutil.copy(src / name, ".ckpt" / Path(name))
 PY
 du -sh .whl .data .ckpt
-echo 'carry: [".whl", ".data", ".ckpt"]'
+du -shc .whl .data .ckpt | tail -1
+echo 'carry: [".whl", ".data", ".ckpt"]; then: bash bench/gpu_check.sh quick'

@@ -85,3 +85,126 @@ def test_full_size(head_dim, dtype):
     out = attention(qkv, heads, _vec(starts), _vec(lengths), _vec(lengths), 512)
     for start, length in zip(starts, lengths):
         torch.testing.assert_close(out[start : start + length].double(), reference(qkv, heads, start, length, length), atol=2e-2, rtol=2e-2)
+
+
+def _batched_reference(qkv, heads, starts, lengths):
+    """SDPA over all sequences at once, padded to the longest with a key-padding mask.
+
+    Returns (B, T, H) fp64 and the (B, T) mask of real query rows."""
+    hidden = qkv.shape[1] // 3
+    d = hidden // heads
+    starts, lengths = torch.as_tensor(starts, device=qkv.device), torch.as_tensor(lengths, device=qkv.device)
+    T = int(lengths.max())
+    valid = torch.arange(T, device=qkv.device)[None, :] < lengths[:, None]  # shape: (B, T)
+    rows = torch.where(valid, starts[:, None] + torch.arange(T, device=qkv.device)[None, :], 0)
+    q, k, v = (qkv[rows, i * hidden : (i + 1) * hidden].double().view(len(starts), T, heads, d).transpose(1, 2) for i in range(3))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+    return out.transpose(1, 2).reshape(len(starts), T, hidden), valid, rows
+
+
+def test_many_short_sequences():
+    """A batch of many 1-3 token sequences: sequences x heads on grid axis 0."""
+    heads, d = 2, 16
+    lengths = torch.randint(1, 4, (64,), generator=torch.Generator().manual_seed(2)).tolist()
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    qkv = _qkv(sum(lengths), heads, d, torch.float32, seed=8)
+    out = attention(qkv, heads, _vec(starts), _vec(lengths), _vec(lengths), max(lengths))
+    expected, valid, rows = _batched_reference(qkv, heads, starts, lengths)
+    torch.testing.assert_close(out[rows[valid]].double(), expected[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_grid_limits():
+    """The launcher refuses a grid CUDA cannot launch, before launching anything."""
+    qkv = _qkv(2, 4, 1, torch.float32)  # hidden 4, heads of dim 1
+    with pytest.raises(ValueError, match="query blocks .* over the grid limit 65535"):
+        attention(qkv, 4, _vec([0]), _vec([2]), _vec([2]), 2**31 - 1)
+    heads, batch = 2**16, 2**15 + 1  # 2^31 + 2^16 programs on axis 0
+    qkv = _qkv(1, heads, 1, torch.float32)
+    ones = torch.ones(batch, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="sequences x 65536 heads = 2147549184 programs exceed the grid limit"):
+        attention(qkv, heads, ones * 0, ones, ones, 1)
+
+
+FAR = 2**30 + 64
+BASE = 2**31
+
+
+class _TorchAllocatingInto:
+    """Stands in for the ``torch`` module inside the launcher so that its output,
+    ``torch.empty`` of ``target``'s shape and dtype, is ``target``."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def empty(self, size, *, dtype=None, device=None):
+        if tuple(size) == tuple(self.target.shape) and dtype == self.target.dtype:
+            return self.target
+        return torch.empty(size, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("far", ["qkv", "out"])
+def test_row_offsets_past_int32(far, monkeypatch):
+    """Rows FAR = 2^30 + 64 elements apart: row 2's offset passes 2^31. A view of a big
+    torch.empty buffer (address space, not memory: only the 3 rows are touched), starting
+    BASE = 2^31 elements in so that a wrapped offset would still land inside it."""
+    from nertron.kernels import attention as module
+
+    heads, d, rows = 2, 16, 3
+    values = _qkv(rows, heads, d, torch.float16, seed=9)
+    expected = reference(values, heads, 0, rows, rows)
+    width = values.shape[1] if far == "qkv" else heads * d
+    try:
+        buffer = torch.empty(BASE + 2 * FAR + width, dtype=torch.float16, device=DEVICE)
+    except RuntimeError as error:
+        pytest.skip(f"cannot reserve 8 GiB of address space: {error}")
+    view = buffer.as_strided((rows, width), (FAR, 1), BASE)
+    qkv = values
+    if far == "qkv":
+        qkv = view
+        qkv.copy_(values)
+    else:
+        monkeypatch.setattr(module, "torch", _TorchAllocatingInto(view))
+    out = attention(qkv, heads, _vec([0]), _vec([rows]), _vec([rows]), rows)
+    if far == "out":
+        assert out.stride(0) == FAR
+    torch.testing.assert_close(out.double(), expected, atol=2e-3, rtol=2e-3)
+
+
+@pytest.fixture
+def restore_tf32():
+    previous = torch.backends.cuda.matmul.fp32_precision
+    yield
+    torch.backends.cuda.matmul.fp32_precision = previous
+
+
+def test_fp32_dot_precision_follows_torch(restore_tf32, monkeypatch):
+    """fp32: IEEE dot products by default, TF32 once torch allows TF32 for fp32 matmuls."""
+    from nertron.kernels import attention as module
+
+    launches = []
+    spy = type("Spy", (), {"__getitem__": lambda self, grid: lambda *a, **kw: launches.append(kw)})()
+    monkeypatch.setattr(module, "_attention_kernel", spy)
+    qkv = _qkv(4, 2, 16, torch.float32)
+    call = lambda: attention(qkv, 2, _vec([0]), _vec([4]), _vec([4]), 4)  # noqa: E731
+    torch.backends.cuda.matmul.allow_tf32 = False
+    call()
+    torch.set_float32_matmul_precision("high")
+    call()
+    torch.set_float32_matmul_precision("highest")
+    call()
+    assert [kw["DOT_PRECISION"] for kw in launches] == ["ieee", "tf32", "ieee"]
+
+
+@pytest.mark.gpu
+def test_more_sequences_x_heads_than_grid_axis_1_allows():
+    """8192 sequences x 12 heads = 98304 programs: over the 65535 of CUDA's grid axes 1 and 2."""
+    heads, d = 12, 64
+    lengths = torch.randint(1, 9, (8192,), generator=torch.Generator().manual_seed(3))
+    starts = torch.cumsum(lengths, 0) - lengths
+    qkv = _qkv(int(lengths.sum()), heads, d, torch.float16, seed=12)
+    out = attention(qkv, heads, starts.int().to(DEVICE), lengths.int().to(DEVICE), lengths.int().to(DEVICE), 8)
+    expected, valid, rows = _batched_reference(qkv, heads, starts.to(DEVICE), lengths.to(DEVICE))
+    torch.testing.assert_close(out[rows[valid]].double(), expected[valid], atol=1e-2, rtol=1e-2)

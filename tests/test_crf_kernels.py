@@ -13,9 +13,12 @@ import torchcrf
 from nertron.bindings.crf import (
     CRF,
     CRFLogPartition,
+    _alphas,
+    _betas,
     allowed_transitions,
     crf_log_partition_torch,
     crf_marginals_torch,
+    crf_span_log_probs,
     crf_viterbi_torch,
 )
 from nertron.kernels import crf as kernels
@@ -187,6 +190,200 @@ def test_launcher_input_checks():
         kernels.crf_viterbi(em.long(), lengths, start, end, trans)
     with pytest.raises(ValueError, match="alpha"):
         kernels.crf_backward(em, lengths, end, trans, em.double(), lengths.float(), lengths.float())
+
+
+def _launch_each(em, lengths, start, end, trans):
+    """Call every launcher on the same inputs (crf_backward with a well-formed alpha)."""
+    B, T, K = em.shape
+    alpha = torch.zeros(B, T, K, device=em.device)
+    z = torch.zeros(B, device=em.device)
+    return {
+        "crf_viterbi": lambda: kernels.crf_viterbi(em, lengths, start, end, trans),
+        "crf_forward": lambda: kernels.crf_forward(em, lengths, start, end, trans, store_alpha=True),
+        "crf_backward": lambda: kernels.crf_backward(em, lengths, end, trans, alpha, z, z),
+        "crf_marginals": lambda: kernels.crf_marginals(em, lengths, start, end, trans),
+        "crf_alpha_beta": lambda: kernels.crf_alpha_beta(em, lengths, start, end, trans),
+    }
+
+
+class _NoLaunch:
+    """Stands in for a kernel: indexing it (a launch) fails the test."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("a kernel was launched before the length check")
+
+
+@pytest.mark.parametrize("launcher", ["crf_viterbi", "crf_forward", "crf_backward", "crf_marginals",
+                                      "crf_alpha_beta"])
+@pytest.mark.parametrize("bad", [0, 5, -3, 2 ** 32 + 2], ids=["zero", "T+1", "negative", "wraps_in_int32"])
+def test_launchers_reject_lengths_outside_1_to_t(monkeypatch, launcher, bad):
+    # a length of 0 would make the kernels write before the row, T + 1 past it; 2**32 + 2
+    # would become 2 if the check ran after the int32 cast
+    for name in ("_crf_viterbi_kernel", "_crf_forward_kernel", "_crf_backward_kernel"):
+        monkeypatch.setattr(kernels, name, _NoLaunch())
+    em, _, _, start, end, trans = problem(3, 4, 3)
+    lengths = torch.tensor([4, bad, 1], device=DEVICE)
+    call = _launch_each(em, lengths, start, end, trans)[launcher]
+    with pytest.raises(ValueError, match=rf"lengths must be in \[1, T\] = \[1, 4\].*lengths\[1\] = {bad}$"):
+        call()
+    # the first offending index is named
+    with pytest.raises(ValueError, match=r"lengths\[0\] = 0$"):
+        _launch_each(em, torch.tensor([0, 9, 1], device=DEVICE), start, end, trans)[launcher]()
+    with pytest.raises(TypeError, match="integer"):
+        _launch_each(em, lengths.float(), start, end, trans)[launcher]()
+
+
+def test_module_triton_backend_edge_lengths():
+    # the module derives lengths from masks whose first step is on: 1 <= length <= T always
+    torch.manual_seed(3)
+    crf = CRF(4, batch_first=True, backend="triton").to(DEVICE)
+    ref = CRF(4, batch_first=True, backend="torch").to(DEVICE)
+    ref.load_state_dict(crf.state_dict())
+    for T, mask in ((1, None), (3, None), (3, torch.tensor([[1, 0, 0], [1, 1, 1]], dtype=torch.bool))):
+        em = torch.randn(2, T, 4, device=DEVICE)
+        tags = torch.randint(0, 4, (2, T), device=DEVICE)
+        m = mask.to(DEVICE) if mask is not None else None
+        torch.testing.assert_close(crf(em, tags, m, "none"), ref(em, tags, m, "none"), rtol=1e-5, atol=1e-5)
+        assert crf.decode(em, m) == ref.decode(em, m)
+        torch.testing.assert_close(crf.marginals(em, m), ref.marginals(em, m), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ alpha / beta, span scores
+# K = 70 takes the tiled path (K > 64); the tiled path with small K is forced below
+AB_SHAPES = [(1, 1, 2), (3, 5, 2), (4, 7, 5), (3, 6, 9), (2, 5, 17), (2, 4, 70)]
+
+
+def check_alpha_beta(B, T, K, dtype, seed):
+    em, lengths, mask, start, end, trans = problem(B, T, K, dtype, seed=seed, transpose=(K % 2 == 1))
+    log_z, alpha, beta = kernels.crf_alpha_beta(em, lengths, start, end, trans)
+    assert log_z.shape == (B,) and alpha.shape == beta.shape == (B, T, K)
+    assert log_z.dtype == alpha.dtype == beta.dtype == torch.float32
+    em32 = em.float()
+    ref_alpha = torch.stack(_alphas(em32, mask, start, trans, keep=True)[1], 1)
+    ref_beta = _betas(em32, mask, end, trans)
+    torch.testing.assert_close(log_z, crf_log_partition_torch(em32, mask, start, end, trans), rtol=1e-5, atol=1e-4)
+    for b, n in enumerate(lengths.tolist()):  # valid steps only: the rest is left unwritten
+        torch.testing.assert_close(alpha[b, :n], ref_alpha[b, :n], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(beta[b, :n], ref_beta[b, :n], rtol=1e-5, atol=1e-4)
+        assert bool((beta[b, n - 1] == end).all())  # the last step's beta is the end score
+
+
+@pytest.mark.parametrize("B,T,K", AB_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_alpha_beta_match_reference(B, T, K, dtype):
+    check_alpha_beta(B, T, K, dtype, seed=B + T + K)
+
+
+@pytest.mark.parametrize("B,T,K", [(3, 5, 2), (3, 6, 9), (2, 5, 17)])
+def test_alpha_beta_tiled_path_with_small_k(monkeypatch, B, T, K):
+    monkeypatch.setattr(kernels, "SINGLE_TILE_MAX_K", 0)
+    assert not kernels._tile(K)[1]
+    check_alpha_beta(B, T, K, torch.float32, seed=B + T + K)
+
+
+def random_spans(lengths, gen, per_row=6):
+    """(N, 3) spans (b, i, j): per sequence the first and last position alone, the whole
+    sequence, and random i <= j (i == j included)."""
+    rows = []
+    for b, n in enumerate(lengths):
+        rows += [(b, 0, 0), (b, n - 1, n - 1), (b, 0, n - 1)]
+        for _ in range(per_row):
+            i, j = sorted(torch.randint(0, n, (2,), generator=gen).tolist())
+            rows.append((b, i, j))
+    return torch.tensor(rows, device=DEVICE)
+
+
+def check_spans(B, T, K, dtype, seed, constrained=False):
+    em, lengths, mask, start, end, trans = problem(B, T, K, dtype, seed=seed, transpose=(K % 2 == 1))
+    gen = torch.Generator().manual_seed(seed)
+    tags = torch.randint(0, K, (B, T), generator=gen).to(DEVICE).masked_fill(~mask, -1)
+    if constrained:
+        ninf = float("-inf")
+        trans = trans.clone()
+        trans[0, 1] = trans[1, 1] = ninf  # nothing enters 1 from 0 or 1
+        start = start.clone()
+        start[1] = ninf
+        # make the tags walk into the disallowed transitions
+        tags = tags.masked_fill(mask & (torch.arange(T, device=DEVICE) % 2 == 1), 1)
+        tags[:, 0] = 0
+    spans = random_spans(lengths.tolist(), gen)
+    got = crf_span_log_probs(em, mask, tags, spans, start, end, trans, backend="triton")
+    want = crf_span_log_probs(em, mask, tags, spans, start, end, trans, backend="torch")
+    assert got.dtype == want.dtype == torch.float32 and got.shape == (spans.shape[0],)
+    assert not bool(got.isnan().any())
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    # both paths read the same (rounded) emissions and compute in fp32: bf16 inputs need
+    # no looser tolerance than fp32 ones
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-4)
+    return got, want
+
+
+@pytest.mark.parametrize("B,T,K", AB_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_span_log_probs_kernels_match_reference(B, T, K, dtype):
+    got, _ = check_spans(B, T, K, dtype, seed=10 * B + T + K)
+    assert bool(torch.isfinite(got).all())  # unconstrained: every span has probability > 0
+    assert bool((got <= 1e-5).all())
+
+
+@pytest.mark.parametrize("B,T,K", [(3, 5, 2), (4, 7, 5), (2, 5, 17)])
+def test_span_log_probs_tiled_path_with_small_k(monkeypatch, B, T, K):
+    monkeypatch.setattr(kernels, "SINGLE_TILE_MAX_K", 0)
+    assert not kernels._tile(K)[1]
+    check_spans(B, T, K, torch.float32, seed=B * T + K)
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["single_tile", "tiled"])
+@pytest.mark.parametrize("K", [2, 5])
+def test_span_log_probs_constrained(monkeypatch, tiled, K):
+    # a span through a disallowed (-inf) transition or start gets -inf on both paths, the others agree
+    if tiled:
+        monkeypatch.setattr(kernels, "SINGLE_TILE_MAX_K", 0)
+    got, want = check_spans(4, 6, K, torch.float32, seed=K, constrained=True)
+    assert bool((got == float("-inf")).any()) and bool(torch.isfinite(got).any())
+
+
+def test_span_log_probs_kernel_path_with_bio_constraints():
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    c = allowed_transitions(labels)
+    em, lengths, mask, start, end, trans = problem(3, 5, 5, seed=21, lengths=[5, 4, 1])
+    ninf = float("-inf")
+    s, e, t = (start.masked_fill(~c.start.to(DEVICE), ninf), end.masked_fill(~c.end.to(DEVICE), ninf),
+               trans.masked_fill(~c.transitions.to(DEVICE), ninf))
+    tags = torch.tensor([[1, 2, 2, 0, 3], [0, 2, 0, 4, -1], [2, -1, -1, -1, -1]], device=DEVICE)
+    spans = torch.tensor([[0, 0, 2], [0, 1, 4], [1, 0, 1], [1, 2, 3], [1, 1, 1], [2, 0, 0]], device=DEVICE)
+    got = crf_span_log_probs(em, mask, tags, spans, s, e, t, backend="triton")
+    want = crf_span_log_probs(em, mask, tags, spans, s, e, t, backend="torch")
+    # O -> I-PER, O -> I-LOC disallowed; I-PER cannot start a sequence (marginal 0)
+    expect_inf = torch.tensor([False, False, True, True, False, True], device=DEVICE)
+    assert torch.equal(got == ninf, expect_inf) and torch.equal(want == ninf, expect_inf)
+    torch.testing.assert_close(got[~expect_inf], want[~expect_inf], rtol=1e-5, atol=1e-4)
+
+
+def test_span_log_probs_backend_choice():
+    em, lengths, mask, start, end, trans = problem(2, 4, 3, seed=2)
+    tags = torch.randint(0, 3, (2, 4), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    spans = torch.tensor([[0, 0, 3], [1, 0, 0]], device=DEVICE)
+    auto = crf_span_log_probs(em, mask, tags, spans, start, end, trans)
+    other = "torch" if DEVICE == "cuda" else "triton"
+    mine = "triton" if DEVICE == "cuda" else "torch"
+    # auto is the kernels on CUDA, the reference elsewhere: bit-equal to that backend
+    assert torch.equal(auto, crf_span_log_probs(em, mask, tags, spans, start, end, trans, backend=mine))
+    torch.testing.assert_close(auto, crf_span_log_probs(em, mask, tags, spans, start, end, trans, backend=other),
+                               rtol=1e-5, atol=1e-4)
+    # fp64 inputs: the kernel path still computes (and returns) fp32
+    args64 = (em.double(), mask, tags, spans, start.double(), end.double(), trans.double())
+    got64 = crf_span_log_probs(*args64, backend="triton")
+    assert got64.dtype == torch.float32
+    want64 = crf_span_log_probs(*args64, backend="torch")
+    assert want64.dtype == torch.float64
+    # auto keeps fp64 callers on the reference, whatever the device
+    assert torch.equal(crf_span_log_probs(*args64), want64)
+    torch.testing.assert_close(got64.double(), want64, rtol=1e-5, atol=1e-4)
+    assert crf_span_log_probs(em, mask, tags, spans[:0], start, end, trans, backend="triton").shape == (0,)
+    with pytest.raises(ValueError, match="backend"):
+        crf_span_log_probs(em, mask, tags, spans, start, end, trans, backend="cuda")
 
 
 # ------------------------------------------------------------------ module, triton backend

@@ -84,3 +84,141 @@ def test_full_size_bert_shapes(m, n, k, dtype):
     ours = (linear(x, w, b, "gelu", r).double() - expected).abs().max().item()
     theirs = ((F.gelu(x @ w.T + b) + r).double() - expected).abs().max().item()
     assert ours <= 2 * theirs + 1e-2
+
+
+# --------------------------------------------------------------------------------------
+# Element offsets past 2^31 (int32 would wrap), without gigabytes of memory: the operand is
+# a view of 3 rows spaced FAR elements apart in a big torch.empty buffer, so row 2 starts
+# 2^31 + 128 elements past row 0. Only those rows are ever written or read: the untouched
+# pages of the buffer (8 GiB of address space in fp16) are never committed. The view starts
+# BASE = 2^31 elements into the buffer, so an offset that wrapped (true offset - 2^32) still
+# lands inside it: code that wraps gives a wrong answer, not a segfault.
+# --------------------------------------------------------------------------------------
+FAR = 2**30 + 64
+BASE = 2**31
+
+
+def _far_buffer(span, dtype):
+    """A buffer whose elements BASE .. BASE + span exist (mostly uncommitted pages)."""
+    try:
+        return torch.empty(BASE + span + 1, dtype=dtype, device=DEVICE)
+    except RuntimeError as error:  # no room for the address space (not the memory) on this machine
+        pytest.skip(f"cannot reserve {(BASE + span) * dtype.itemsize / 2**30:.0f} GiB of address space: {error}")
+
+
+def _far_view(values, strides):
+    """``values`` copied into a strided view of a fresh far buffer starting at BASE."""
+    span = sum((size - 1) * stride for size, stride in zip(values.shape, strides))
+    view = _far_buffer(span, values.dtype).as_strided(values.shape, strides, BASE)
+    view.copy_(values)
+    return view
+
+
+class _TorchAllocatingInto:
+    """Stands in for the ``torch`` module inside a launcher so that the launcher's output,
+    ``torch.empty`` of ``target``'s shape and dtype, is ``target`` (a far view); everything
+    else is torch's own."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def empty(self, size, *, dtype=None, device=None):
+        if tuple(size) == tuple(self.target.shape) and dtype == self.target.dtype:
+            return self.target
+        return torch.empty(size, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("far", ["x", "x_k", "weight", "residual", "out"])
+def test_offsets_past_int32(far, monkeypatch):
+    """Each operand in turn with element offsets past 2^31, against torch on the same values.
+
+    ``x_k`` is a column-major x whose 33 columns are 2^26 elements apart: column 32's offset
+    (and one BLOCK_K step of 32 columns) is 2^31."""
+    from nertron.kernels import matmul
+
+    m, n, k = (4, 3, 40) if far == "weight" else (3, 20, 33 if far == "x_k" else 40)
+    x, w, b, r = _inputs(m, n, k, torch.float16, seed=1)
+    expected = reference(x, w, b, "gelu", r)
+    if far == "x":
+        x = _far_view(x, (FAR, 1))
+    elif far == "x_k":
+        x = _far_view(x, (1, 2**26))
+    elif far == "weight":
+        w = _far_view(w, (FAR, 1))
+    elif far == "residual":
+        r = _far_view(r, (FAR, 1))
+    else:
+        monkeypatch.setattr(matmul, "torch", _TorchAllocatingInto(_far_view(torch.zeros_like(r), (FAR, 1))))
+    out = linear(x, w, b, "gelu", r)
+    if far == "out":
+        assert out.stride(0) == FAR  # the launcher wrote into the far view
+    torch.testing.assert_close(out.double(), expected, atol=2e-3, rtol=2e-3)
+
+
+# --------------------------------------------------------------------------------------
+# fp32 dot precision follows torch's TF32 setting
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def restore_tf32():
+    """Puts torch's fp32 matmul setting back as it was (through the API that reads it back
+    without complaint whichever API the test used)."""
+    matmul_flags = torch.backends.cuda.matmul
+    previous = matmul_flags.fp32_precision
+    yield
+    matmul_flags.fp32_precision = previous
+
+
+def _set_tf32(how):
+    if how == "set_float32_matmul_precision":
+        torch.set_float32_matmul_precision("high")
+    elif how == "allow_tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    else:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+
+
+class _KernelSpy:
+    """Replaces a ``@triton.jit`` kernel: records the launch's keyword arguments."""
+
+    def __init__(self):
+        self.kwargs = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kwargs.append(kwargs)
+
+
+@pytest.mark.parametrize("how", ["set_float32_matmul_precision", "allow_tf32", "fp32_precision"])
+def test_fp32_dot_precision_follows_torch(how, restore_tf32, monkeypatch):
+    from nertron.kernels import matmul
+
+    spy = _KernelSpy()
+    monkeypatch.setattr(matmul, "_linear_small_m", spy)
+    monkeypatch.setattr(matmul, "_linear_large_m", spy)
+    x, w, _, _ = _inputs(4, 8, 16, torch.float32)
+    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default: exact fp32
+    assert matmul.dot_precision(torch.float32) == "ieee"
+    linear(x, w)
+    _set_tf32(how)
+    assert matmul.dot_precision(torch.float32) == "tf32"
+    linear(x, w)
+    torch.set_float32_matmul_precision("highest")
+    assert matmul.dot_precision(torch.float32) == "ieee"
+    linear(x, w)
+    assert [launch["DOT_PRECISION"] for launch in spy.kwargs] == ["ieee", "tf32", "ieee"]
+    for dtype in (torch.float16, torch.bfloat16):  # tensor cores whatever the setting
+        assert matmul.dot_precision(dtype) == "tf32"
+
+
+@pytest.mark.gpu
+def test_fp32_with_tf32_error_within_torch(restore_tf32):
+    """With TF32 allowed, our fp32 GEMM's error is of the order of torch's own (TF32) error."""
+    torch.set_float32_matmul_precision("high")
+    x, w, b, r = _inputs(512, 768, 768, torch.float32)
+    expected = reference(x, w, b, "gelu", r)
+    ours = (linear(x, w, b, "gelu", r).double() - expected).abs().max().item()
+    theirs = ((F.gelu(x @ w.T + b) + r).double() - expected).abs().max().item()
+    assert theirs > 1e-5  # torch did use TF32
+    assert ours <= 2 * theirs + 1e-3, (ours, theirs)

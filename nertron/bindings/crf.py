@@ -11,15 +11,19 @@ Contents:
   ``torchcrf.CRF``, plus ``decode(..., as_tensor=True)``, ``marginals``, constrained
   decoding and a ``backend`` switch;
 * ``allowed_transitions``: builds the allowed-transition constraints for BIO/IOB2, IOB1 and
-  BIOES/BILOU label sets.
+  BIOES/BILOU label sets;
+* ``crf_span_log_probs``: log-probabilities of tagged spans (entity confidences), from
+  alpha, beta and log Z of the Triton kernels (``crf_alpha_beta``, on CUDA by default) or
+  of the PyTorch reference, then one shared gather of the inner path scores.
 
 Masks follow pytorch-crf: ``(T, B)`` (or ``(B, T)`` with ``batch_first``) bool/uint8, the
 first step all on. They are taken to be prefix masks (ones, then zeros), as pytorch-crf's
 own ``decode`` does when it takes lengths from ``mask.sum(0)``; the Triton kernels work on
-those lengths.
+those lengths (each launcher checks ``1 <= length <= T``, which such masks always meet).
 
 All statistics are computed in fp32 (fp64 when emissions and parameters are fp64 on the
-reference path), whatever the emission dtype.
+reference path), whatever the emission dtype; ``crf_span_log_probs`` with
+``backend='auto'`` therefore keeps all-fp64 inputs on the reference path.
 """
 from __future__ import annotations
 
@@ -233,7 +237,7 @@ def _betas(emissions: torch.Tensor, mask: torch.Tensor, end: torch.Tensor,
 
 def crf_span_log_probs(emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor,
                        spans: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-                       transitions: torch.Tensor) -> torch.Tensor:
+                       transitions: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """Log-probability that a stretch of a sequence carries the given tags, for many stretches.
 
     For a span ``(b, i, j)`` of sequence ``b`` (positions ``i..j`` inclusive) it is
@@ -244,30 +248,53 @@ def crf_span_log_probs(emissions: torch.Tensor, mask: torch.Tensor, tags: torch.
     ``transitions`` as the decoder so that the probabilities are those of the distribution
     the tags were decoded from; a disallowed transition inside a span gives ``-inf``.
 
+    Alpha, beta and log Z come from the Triton kernels (:func:`nertron.kernels.crf.crf_alpha_beta`,
+    two launches, fp32) or from the PyTorch reference (a loop over time); the inner path
+    score and the gathers are the same code on both.
+
     Args:
-        emissions: ``(B, T, K)``, any float dtype (computed in fp32, fp64 if all fp64).
+        emissions: ``(B, T, K)``, any float dtype (computed in fp32, fp64 if all fp64 on the
+            reference path).
         mask: ``(B, T)`` bool prefix mask, first step on.
         tags: ``(B, T)`` int64 tag ids (values outside the spans are not read; -1 allowed there).
         spans: ``(N, 3)`` int64 rows ``(b, i, j)`` with ``0 <= i <= j < length_b``.
         start, end: ``(K,)``; transitions: ``(K, K)``, ``[i, j]`` = score of i -> j
             (``-inf`` where disallowed).
+        backend: ``'auto'`` (the kernels for CUDA tensors unless everything is fp64, the
+            reference otherwise), ``'torch'`` or ``'triton'`` (the kernels on any device;
+            on CPU tensors they run in Triton's interpreter, which needs
+            ``TRITON_INTERPRET=1`` before import).
 
     Returns:
-        ``(N,)`` log-probabilities in the compute dtype.
+        ``(N,)`` log-probabilities in the compute dtype (fp32 on the kernel path).
     """
+    if backend not in _BACKENDS:
+        raise ValueError(f"invalid backend: {backend!r}; expected one of {_BACKENDS}")
     n_spans = spans.shape[0]
     dt = _compute_dtype(emissions, transitions)
+    if backend == "auto":
+        # fp64 callers ask for fp64 statistics, which only the reference computes
+        use_kernels = emissions.is_cuda and dt != torch.float64
+    else:
+        use_kernels = backend == "triton"
+    if use_kernels:
+        dt = torch.float32
     if n_spans == 0:
         return emissions.new_zeros((0,), dtype=dt)
     emissions, mask, tags = _trim(emissions, mask, tags)
     em = emissions.to(dt)
     tr = transitions.to(dt)
-    _, alphas = _alphas(em, mask, start, tr, keep=True)
-    # shape: (B, T', K)
-    alpha = torch.stack(alphas, 1)
-    beta = _betas(em, mask, end, tr)
-    # shape: (B,)
-    log_z = torch.logsumexp(alphas[-1] + end.to(dt), dim=1)
+    if use_kernels:
+        # the kernels read the emissions in their own dtype and compute in fp32
+        # shape: (B,), (B, T', K), (B, T', K)
+        log_z, alpha, beta = _kernels().crf_alpha_beta(emissions, mask.sum(1), start, end, transitions)
+    else:
+        _, alphas = _alphas(em, mask, start, tr, keep=True)
+        # shape: (B, T', K)
+        alpha = torch.stack(alphas, 1)
+        beta = _betas(em, mask, end, tr)
+        # shape: (B,)
+        log_z = torch.logsumexp(alphas[-1] + end.to(dt), dim=1)
     # shape: (B, T')
     y = tags.clamp(min=0)
     # score of entering y_t from y_{t-1} at step t (0 at t = 0, never read there)

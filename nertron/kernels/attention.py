@@ -14,7 +14,16 @@ the batch are rows of one (total_tokens, 3H) matrix, ``seq_start`` = cu_seqlens[
 the reference. A query whose sequence has no real key gets zeros.
 
 Q, K and V are read straight out of the QKV GEMM's output, (rows, 3H) with head ``h`` at
-columns ``h*D``, ``H + h*D`` and ``2H + h*D``: no split, transpose or copy.
+columns ``h*D``, ``H + h*D`` and ``2H + h*D``: no split, transpose or copy. Row offsets are
+formed in int64 (``start`` is loaded as int64), so (rows x 3H) may pass 2^31 elements.
+
+The grid is (sequence x head, query block): sequences x heads on axis 0, whose limit is
+2^31 - 1 (axes 1 and 2 stop at 65535 on CUDA, which 8192 sequences x 12 heads would pass).
+
+fp16/bf16 run on the tensor cores. fp32 inputs follow PyTorch's fp32 matmul setting, as the
+GEMM does (:func:`nertron.kernels.matmul.dot_precision`): IEEE fp32 by default (matches
+PyTorch to rounding, but the slow CUDA-core FMA path on a GPU), TF32 tensor cores after
+``torch.set_float32_matmul_precision("high")``.
 """
 from __future__ import annotations
 
@@ -24,6 +33,11 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from nertron.kernels.matmul import dot_precision
+
+_MAX_GRID_X = 2**31 - 1  # CUDA grid limits: axis 0, and axes 1 and 2
+_MAX_GRID_YZ = 65535
 
 
 @triton.jit
@@ -44,8 +58,8 @@ def _attention_kernel(
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # sequence x head on axis 0: B * heads may pass 65535
+    pid_m = tl.program_id(1)
     seq = pid_bh // num_heads
     head = pid_bh % num_heads
     start = tl.load(seq_start_ptr + seq).to(tl.int64)
@@ -136,13 +150,29 @@ def attention(
     if batch == 0 or max_q_len == 0:
         return out
     block_d = max(triton.next_power_of_2(head_dim), 16)
+    precision = dot_precision(qkv.dtype)
     if os.environ.get("TRITON_INTERPRET") == "1":
         block_m, block_n, warps, stages = 16, 16, 4, 1
+    elif qkv.dtype == torch.float32 and precision == "ieee":
+        # CUDA-core FMA dots keep Q, K, V and P tiles in registers: small tiles, or they spill
+        # (128 x 64 spilled 17-28 KB per thread in the compile gate)
+        block_m, block_n, warps, stages = 32, 32, 4, 2
+    elif qkv.dtype == torch.float32:
+        # TF32: fp32 tiles take twice the registers of bf16 ones (128 x 64 spilled on sm_80)
+        block_m, block_n, warps, stages = 64, 64, 4, 2
     elif block_d <= 64:
         block_m, block_n, warps, stages = 128, 64, 4, 3
     else:
         block_m, block_n, warps, stages = 64, 64, 4, 2
-    grid = (triton.cdiv(max_q_len, block_m), batch * num_heads)
+    grid = (batch * num_heads, triton.cdiv(max_q_len, block_m))
+    if grid[0] > _MAX_GRID_X:
+        raise ValueError(
+            f"{batch} sequences x {num_heads} heads = {grid[0]} programs exceed the grid limit "
+            f"{_MAX_GRID_X}: split the batch")
+    if grid[1] > _MAX_GRID_YZ:
+        raise ValueError(
+            f"max_q_len={max_q_len} needs {grid[1]} query blocks of {block_m}, over the grid "
+            f"limit {_MAX_GRID_YZ}")
     _attention_kernel[grid](
         qkv,
         out,
@@ -158,7 +188,7 @@ def attention(
         BLOCK_D=block_d,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        DOT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=precision,
         num_warps=warps,
         num_stages=stages,
     )

@@ -16,12 +16,17 @@ instead of several kernel launches plus host syncs:
 * ``_crf_forward_kernel``: the forward algorithm (log-sum-exp recursion) giving log Z per
   sequence. With ``STORE_ALPHA`` the fp32 alphas ``(B, T, K)`` are kept for the backward
   pass; without it the recursion ping-pongs between two rows of a ``(B, 2, K)`` scratch.
-* ``_crf_backward_kernel``: the beta recursion, fused with the unary marginals
+* ``_crf_backward_kernel``: the beta recursion, fused with (``UNARY``) the unary marginals
   ``exp(alpha + beta - log Z)`` (= d log Z / d emissions, written straight into the
   emission gradient, scaled by the upstream gradient) and, with ``PAIRWISE``, the pairwise
   marginals summed over time into a per-program ``(K, K)`` partial that the launcher sums
   over programs (deterministic, no atomics). The same kernel with ``PAIRWISE=False`` and a
-  unit upstream gradient returns the per-token tag probabilities (``marginals``).
+  unit upstream gradient returns the per-token tag probabilities (``crf_marginals``). With
+  ``STORE_BETA`` every fp32 beta row is written to a ``(B, T, K)`` output (the tiled path
+  runs its recursion on those rows instead of the per-program ping-pong scratch, through
+  the one ``_beta_row`` helper); ``crf_alpha_beta`` runs it with neither ``UNARY`` nor
+  ``PAIRWISE``, so alpha and log Z are not even read, and returns log Z, alpha and beta
+  for span scores (``nertron.bindings.crf.crf_span_log_probs``).
 
 Tiling: with ``K <= 64`` (``SINGLE_TILE``) the state vector (alpha, Viterbi score or beta)
 stays in registers across time steps, the ``K x K`` transition tile is loaded once per
@@ -45,12 +50,21 @@ in as ``-inf`` transition/start/end scores by the caller.
 Masks: the kernels take per-sequence lengths, i.e. they assume prefix masks (ones then
 zeros), exactly as ``pytorch-crf``'s ``decode`` does (it uses ``mask.sum(0)``). Steps at
 or beyond a sequence's length are neither read nor written (outputs there are whatever
-the launcher initialised: -1 tags, zero gradients/marginals).
+the launcher initialised: -1 tags, zero gradients/marginals, uninitialised alpha/beta).
+Every launcher checks ``1 <= lengths[b] <= T`` before any launch (a 0 would make the
+kernels write before the row, ``T + 1`` past it) and raises a ``ValueError`` naming the
+first offending batch index; the check costs one host sync (min and max of the lengths).
+
+Compilation: a name keeps one type through every branch and loop iteration (a pointer
+stays a pointer, a register row a row of the same shape and dtype): the GPU compiler
+rejects a loop-carried variable whose type changes, which Triton's interpreter does not
+notice, so tests in the interpreter cannot catch it. Hence e.g. ``beta_rows`` (pointer)
+beside ``beta`` (register row) in the backward kernel.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -74,7 +88,7 @@ def _crf_viterbi_kernel(
     TILE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
-    length = tl.load(len_ptr + b)
+    length = tl.load(len_ptr + b).to(tl.int64)  # int64 steps: t * emis_t_stride may pass 2^31
     offs = tl.arange(0, TILE)
     emis_row = emis_ptr + b * emis_b_stride
     buf = score_buf_ptr + b * 2 * K  # two rows (ping-pong) of fp32 Viterbi scores
@@ -172,7 +186,7 @@ def _crf_forward_kernel(
     TILE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
-    length = tl.load(len_ptr + b)
+    length = tl.load(len_ptr + b).to(tl.int64)  # int64 steps: t * emis_t_stride may pass 2^31
     offs = tl.arange(0, TILE)
     emis_row = emis_ptr + b * emis_b_stride
     a_row = alpha_ptr + b * alpha_b_stride
@@ -257,6 +271,18 @@ def _crf_forward_kernel(
 
 
 @triton.jit
+def _beta_row(beta_rows, t, beta_t_stride, STORE_BETA: tl.constexpr):
+    """Pointer to the fp32 row that holds beta_t (tiled path): the sequence's own row ``t``
+    of the ``(B, T, K)`` output with ``STORE_BETA``, else row ``t % 2`` of the program's
+    two ping-pong scratch rows. One helper, so both variants run the same recursion."""
+    if STORE_BETA:
+        row = t
+    else:
+        row = t % 2
+    return beta_rows + row * beta_t_stride
+
+
+@triton.jit
 def _crf_backward_kernel(
     emis_ptr, len_ptr, end_ptr, trans_ptr,
     alpha_ptr, logz_ptr, glogz_ptr,
@@ -264,18 +290,25 @@ def _crf_backward_kernel(
     B, K,
     emis_b_stride, emis_t_stride, emis_k_stride,
     alpha_b_stride, alpha_t_stride,
+    beta_b_stride, beta_t_stride,
     gemis_b_stride, gemis_t_stride,
+    UNARY: tl.constexpr,
     PAIRWISE: tl.constexpr,
+    STORE_BETA: tl.constexpr,
     SINGLE_TILE: tl.constexpr,
     TILE: tl.constexpr,
 ):
+    # UNARY: unary marginals into gemis and the start/end gradients they feed; PAIRWISE:
+    # pairwise marginals into gtrans; STORE_BETA: beta_ptr is a (B, T, K) output that gets
+    # every beta row (else a (programs, 2, K) scratch, read by the tiled path only). With
+    # neither UNARY nor PAIRWISE, alpha / log Z / the upstream gradient are never read.
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     offs = tl.arange(0, TILE)
-    beta = beta_ptr + pid.to(tl.int64) * 2 * K        # two rows (ping-pong) of fp32 betas
-    gstart = gstart_ptr + pid.to(tl.int64) * K         # this program's partial sums
-    gend = gend_ptr + pid.to(tl.int64) * K
-    gtrans = gtrans_ptr + pid.to(tl.int64) * K * K
+    pid64 = pid.to(tl.int64)
+    gstart = gstart_ptr + pid64 * K         # this program's partial sums
+    gend = gend_ptr + pid64 * K
+    gtrans = gtrans_ptr + pid64 * K * K
 
     if SINGLE_TILE:
         # K <= TILE: beta and the (K, K) / (K,) gradient accumulators stay in registers
@@ -290,72 +323,93 @@ def _crf_backward_kernel(
         acc_end = tl.zeros((TILE,), tl.float32)
         for b in range(pid, B, nprog):
             b64 = tl.cast(b, tl.int64)
-            length = tl.load(len_ptr + b64)
-            logz = tl.load(logz_ptr + b64)
-            g = tl.load(glogz_ptr + b64)
+            length = tl.load(len_ptr + b64).to(tl.int64)
             emis_row = emis_ptr + b64 * emis_b_stride
-            a_row = alpha_ptr + b64 * alpha_b_stride
-            g_row = gemis_ptr + b64 * gemis_b_stride
+            beta_rows = beta_ptr + b64 * beta_b_stride  # dereferenced only with STORE_BETA
             last = length - 1
-            a = tl.load(a_row + last * alpha_t_stride + i, mask=im, other=float("-inf"))
-            p = tl.exp(a + en - logz) * g
-            tl.store(g_row + last * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
-            acc_end += p
-            beta = en
+            if UNARY or PAIRWISE:
+                logz = tl.load(logz_ptr + b64)
+                g = tl.load(glogz_ptr + b64)
+                a_row = alpha_ptr + b64 * alpha_b_stride
+            if UNARY:
+                g_row = gemis_ptr + b64 * gemis_b_stride
+                a = tl.load(a_row + last * alpha_t_stride + i, mask=im, other=float("-inf"))
+                p = tl.exp(a + en - logz) * g
+                tl.store(g_row + last * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
+                acc_end += p
+            if STORE_BETA:
+                tl.store(beta_rows + last * beta_t_stride + i, en, mask=im)
+            beta = en  # a register row from here on (beta_rows is the pointer)
             for tt in range(1, length):
                 t = length - tt  # L-1 down to 1: beta_t is known, compute beta_{t-1}
+                # the loads do not depend on the recursion and can be issued early
                 e = tl.load(emis_row + t * emis_t_stride + i * emis_k_stride, mask=im, other=0.0).to(tl.float32)
-                a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
+                if UNARY or PAIRWISE:
+                    a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
                 w = tr + (e + beta)[None, :]  # [i, j]: i -> j, emit j, then the rest
                 m = tl.max(w, axis=1)
                 m_safe = tl.where(m == float("-inf"), 0.0, m)
                 ew = tl.exp(w - m_safe[:, None])
                 beta = m_safe + tl.log(tl.sum(ew, axis=1))
+                if STORE_BETA:
+                    tl.store(beta_rows + (t - 1) * beta_t_stride + i, beta, mask=im)
                 if PAIRWISE:
                     # P(y_{t-1}=i, y_t=j) = exp(a_prev_i + w_ij - logZ), reusing exp(w - m):
                     # a_prev + m - logZ <= 0 (a sub-sum of Z), so the factor cannot overflow
                     acc_trans += ew * (tl.exp(a_prev + m_safe - logz) * g)[:, None]
-                p = tl.exp(a_prev + beta - logz) * g
-                tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
-            acc_start += p  # the marginal of step 0 (of step L-1 = 0 when L == 1)
-        tl.store(gstart + i, acc_start, mask=im)
-        tl.store(gend + i, acc_end, mask=im)
+                if UNARY:
+                    p = tl.exp(a_prev + beta - logz) * g
+                    tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
+            if UNARY:
+                acc_start += p  # the marginal of step 0 (of step L-1 = 0 when L == 1)
+        if UNARY:
+            tl.store(gstart + i, acc_start, mask=im)
+            tl.store(gend + i, acc_end, mask=im)
         if PAIRWISE:
             tl.store(gtrans + i[:, None] * K + i[None, :], acc_trans, mask=msk)
     else:
         for b in range(pid, B, nprog):
             b64 = tl.cast(b, tl.int64)
-            length = tl.load(len_ptr + b64)
-            logz = tl.load(logz_ptr + b64)
-            g = tl.load(glogz_ptr + b64)
+            length = tl.load(len_ptr + b64).to(tl.int64)
             emis_row = emis_ptr + b64 * emis_b_stride
-            a_row = alpha_ptr + b64 * alpha_b_stride
-            g_row = gemis_ptr + b64 * gemis_b_stride
+            if STORE_BETA:  # the recursion runs on the output rows of this sequence
+                beta_rows = beta_ptr + b64 * beta_b_stride
+            else:  # on the two ping-pong scratch rows of this program
+                beta_rows = beta_ptr + pid64 * beta_b_stride
             last = length - 1
-            tl.debug_barrier()  # the previous sequence is done with the beta rows
+            if UNARY or PAIRWISE:
+                logz = tl.load(logz_ptr + b64)
+                g = tl.load(glogz_ptr + b64)
+                a_row = alpha_ptr + b64 * alpha_b_stride
+            if UNARY:
+                g_row = gemis_ptr + b64 * gemis_b_stride
+            tl.debug_barrier()  # the previous sequence is done with the scratch rows
 
             # t = L - 1: beta = end score; unary marginal feeds d/d end (and d/d start if L == 1)
+            b_last = _beta_row(beta_rows, last, beta_t_stride, STORE_BETA)
             for j0 in range(0, K, TILE):
                 j = j0 + offs
                 jm = j < K
                 en = tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-                a = tl.load(a_row + last * alpha_t_stride + j, mask=jm, other=float("-inf"))
-                tl.store(beta + (last % 2) * K + j, en, mask=jm)
-                p = tl.exp(a + en - logz) * g
-                tl.store(g_row + last * gemis_t_stride + j, p.to(gemis_ptr.dtype.element_ty), mask=jm)
-                tl.store(gend + j, tl.load(gend + j, mask=jm, other=0.0) + p, mask=jm)
-                if length == 1:
-                    tl.store(gstart + j, tl.load(gstart + j, mask=jm, other=0.0) + p, mask=jm)
+                tl.store(b_last + j, en, mask=jm)
+                if UNARY:
+                    a = tl.load(a_row + last * alpha_t_stride + j, mask=jm, other=float("-inf"))
+                    p = tl.exp(a + en - logz) * g
+                    tl.store(g_row + last * gemis_t_stride + j, p.to(gemis_ptr.dtype.element_ty), mask=jm)
+                    tl.store(gend + j, tl.load(gend + j, mask=jm, other=0.0) + p, mask=jm)
+                    if length == 1:
+                        tl.store(gstart + j, tl.load(gstart + j, mask=jm, other=0.0) + p, mask=jm)
             tl.debug_barrier()
 
             for tt in range(1, length):
                 t = length - tt  # L-1 down to 1: beta_t is known, compute beta_{t-1}
-                b_cur = beta + (t % 2) * K
-                b_prev = beta + ((t - 1) % 2) * K
+                b_cur = _beta_row(beta_rows, t, beta_t_stride, STORE_BETA)
+                b_prev = _beta_row(beta_rows, t - 1, beta_t_stride, STORE_BETA)
                 for i0 in range(0, K, TILE):
                     i = i0 + offs
                     im = i < K
-                    a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
+                    if UNARY or PAIRWISE:
+                        a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
                     m = tl.full((TILE,), float("-inf"), tl.float32)
                     s = tl.zeros((TILE,), tl.float32)
                     for j0 in range(0, K, TILE):
@@ -379,10 +433,11 @@ def _crf_backward_kernel(
                     m_safe = tl.where(m == float("-inf"), 0.0, m)
                     b_new = m_safe + tl.log(s)
                     tl.store(b_prev + i, b_new, mask=im)
-                    p = tl.exp(a_prev + b_new - logz) * g
-                    tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
-                    if t == 1:
-                        tl.store(gstart + i, tl.load(gstart + i, mask=im, other=0.0) + p, mask=im)
+                    if UNARY:
+                        p = tl.exp(a_prev + b_new - logz) * g
+                        tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
+                        if t == 1:
+                            tl.store(gstart + i, tl.load(gstart + i, mask=im, other=0.0) + p, mask=im)
                 tl.debug_barrier()
 
 
@@ -397,10 +452,17 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 SINGLE_TILE_MAX_K = 64
 
 
-def _tile(num_tags: int) -> Tuple[int, bool, int]:
-    """Tile width over tags (16..64; larger K loops over tiles), single-tile flag, warps."""
+def _tile(num_tags: int, backward: bool = False) -> Tuple[int, bool, int]:
+    """Tile width over tags (16..64; larger K loops over tiles), single-tile flag, warps.
+
+    Warps grow with the ``TILE x TILE`` tiles a thread must hold in registers. The backward
+    kernel holds three or four of them at once (transitions, ``exp(w - m)``, the pairwise
+    accumulator) against one or two in the forward and Viterbi kernels, so it gets twice the
+    warps: with the forward's warps it used 255 registers and spilled (ptxas, compile gate).
+    """
     tile = min(max(triton.next_power_of_2(num_tags), 16), 64)
-    return tile, num_tags <= min(tile, SINGLE_TILE_MAX_K), {16: 1, 32: 2, 64: 4}[tile]
+    warps = {16: 1, 32: 2, 64: 4}[tile] * (2 if backward else 1)
+    return tile, num_tags <= min(tile, SINGLE_TILE_MAX_K), warps
 
 
 def backpointer_dtype(num_tags: int) -> torch.dtype:
@@ -412,7 +474,23 @@ def backpointer_dtype(num_tags: int) -> torch.dtype:
     return torch.int32
 
 
-def _check(emissions: torch.Tensor, lengths: torch.Tensor, *params: torch.Tensor) -> Tuple:
+def _check(emissions: torch.Tensor, lengths: torch.Tensor, *params: torch.Tensor
+           ) -> Tuple[int, int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the inputs shared by every launcher.
+
+    Args:
+        emissions: ``(B, T, K)`` float; lengths: ``(B,)`` integer, each in ``[1, T]``;
+        params: start ``(K,)``, end ``(K,)``, transitions ``(K, K)``, on the same device.
+
+    Returns:
+        ``B, T, K``, lengths as contiguous int32 and contiguous start, end, transitions.
+
+    Raises:
+        ValueError: on a bad shape, a device mismatch or a length outside ``[1, T]`` (the
+            kernels would write before a row for 0 and past it beyond T), naming the first
+            offending batch index. Costs one host sync (the lengths' min and max).
+        TypeError: on non-float emissions or non-integer lengths.
+    """
     if emissions.dim() != 3:
         raise ValueError(f"emissions must be (B, T, K), got shape {tuple(emissions.shape)}")
     if emissions.dtype not in _FLOAT_DTYPES:
@@ -422,6 +500,8 @@ def _check(emissions: torch.Tensor, lengths: torch.Tensor, *params: torch.Tensor
         raise ValueError(f"empty emissions of shape {tuple(emissions.shape)}")
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
     dev = emissions.device
     start, end, trans = params
     if start.shape != (K,) or end.shape != (K,) or trans.shape != (K, K):
@@ -430,6 +510,13 @@ def _check(emissions: torch.Tensor, lengths: torch.Tensor, *params: torch.Tensor
     for x in (lengths, start, end, trans):
         if x.device != dev:
             raise ValueError(f"all tensors must be on {dev}, got one on {x.device}")
+    # checked before the int32 cast (which could wrap a huge value into range); one host
+    # sync for the batch, and the offending index is only looked up on failure
+    lo, hi = torch.stack(torch.aminmax(lengths)).tolist()
+    if lo < 1 or hi > T:
+        bad = int(((lengths < 1) | (lengths > T)).nonzero()[0, 0])
+        raise ValueError(f"lengths must be in [1, T] = [1, {T}] (T = emissions.shape[1]), "
+                         f"got lengths[{bad}] = {int(lengths[bad])}")
     lengths = lengths.to(torch.int32).contiguous()
     return B, T, K, lengths, start.contiguous(), end.contiguous(), trans.contiguous()
 
@@ -441,7 +528,7 @@ def crf_viterbi(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Ten
 
     Args:
         emissions: ``(B, T, K)`` fp32/fp16/bf16 scores, any strides.
-        lengths: ``(B,)`` integer lengths, each in ``[1, T]`` (prefix masks).
+        lengths: ``(B,)`` integer lengths, each in ``[1, T]`` (prefix masks; checked).
         start, end: ``(K,)`` start/end scores; transitions: ``(K, K)``, ``[i, j]`` = i -> j.
             Use ``-inf`` for disallowed transitions/start/end tags.
         pad_tag: value written at padded steps of the tag tensor.
@@ -469,19 +556,11 @@ def crf_viterbi(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Ten
     return tags, best
 
 
-def crf_forward(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
-                end: torch.Tensor, transitions: torch.Tensor,
-                store_alpha: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Forward algorithm: log partition function per sequence.
-
-    Args:
-        emissions: ``(B, T, K)``; lengths: ``(B,)``; start, end: ``(K,)``; transitions ``(K, K)``.
-        store_alpha: keep the fp32 forward variables for :func:`crf_backward`.
-
-    Returns:
-        log_z ``(B,)`` fp32 and, with ``store_alpha``, alpha ``(B, T, K)`` fp32 (else None).
-    """
-    B, T, K, lengths, start, end, trans = _check(emissions, lengths, start, end, transitions)
+def _forward(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
+             end: torch.Tensor, trans: torch.Tensor,
+             store_alpha: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The forward kernel on inputs that went through :func:`_check`."""
+    B, T, K = emissions.shape
     dev = emissions.device
     tile, single, warps = _tile(K)
     alpha = torch.empty((B, T if store_alpha else 2, K), device=dev, dtype=torch.float32)
@@ -497,11 +576,87 @@ def crf_forward(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Ten
     return logz, (alpha if store_alpha else None)
 
 
+def crf_forward(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
+                end: torch.Tensor, transitions: torch.Tensor,
+                store_alpha: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Forward algorithm: log partition function per sequence.
+
+    Args:
+        emissions: ``(B, T, K)``; lengths: ``(B,)`` each in ``[1, T]``; start, end: ``(K,)``;
+        transitions ``(K, K)``.
+        store_alpha: keep the fp32 forward variables for :func:`crf_backward`.
+
+    Returns:
+        log_z ``(B,)`` fp32 and, with ``store_alpha``, alpha ``(B, T, K)`` fp32 (else None;
+        steps past each length are left uninitialised).
+    """
+    B, T, K, lengths, start, end, trans = _check(emissions, lengths, start, end, transitions)
+    return _forward(emissions, lengths, start, end, trans, store_alpha)
+
+
 def _num_programs(B: int, device: torch.device) -> int:
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         return max(1, min(B, 8 * sms))
     return max(1, min(B, 4))  # the interpreter runs programs one after another
+
+
+class _Backward(NamedTuple):
+    """What one backward launch produced; None for what its variant does not compute."""
+    grad_emissions: Optional[torch.Tensor]  # (B, T, K), with unary
+    grad_start: Optional[torch.Tensor]      # (K,) fp32, with unary
+    grad_end: Optional[torch.Tensor]        # (K,) fp32, with unary
+    grad_transitions: Optional[torch.Tensor]  # (K, K) fp32, with pairwise
+    beta: Optional[torch.Tensor]            # (B, T, K) fp32, with store_beta
+
+
+def _backward(emissions: torch.Tensor, lengths: torch.Tensor, end: torch.Tensor,
+              trans: torch.Tensor, alpha: Optional[torch.Tensor], log_z: Optional[torch.Tensor],
+              grad_log_z: Optional[torch.Tensor], *, unary: bool, pairwise: bool,
+              store_beta: bool, grad_dtype: Optional[torch.dtype] = None) -> _Backward:
+    """The backward kernel on inputs that went through :func:`_check`.
+
+    ``alpha`` ``(B, T, K)``, ``log_z`` and ``grad_log_z`` ``(B,)`` are only read with
+    ``unary`` or ``pairwise`` (pass None otherwise); buffers a variant never touches are
+    replaced by a one-element placeholder.
+    """
+    B, T, K = emissions.shape
+    dev = emissions.device
+    tile, single, warps = _tile(K, backward=True)
+    P = _num_programs(B, dev)
+    f32 = dict(device=dev, dtype=torch.float32)
+    unused = torch.empty((1, 1, 1), **f32)
+    if store_beta:
+        beta = torch.empty((B, T, K), **f32)  # rows past each length are left unwritten
+    elif single:
+        beta = unused  # the recursion stays in registers
+    else:
+        beta = torch.empty((P, 2, K), **f32)  # per-program ping-pong rows
+    if unary or pairwise:
+        log_z, grad_log_z = log_z.float().contiguous(), grad_log_z.float().contiguous()
+    else:
+        alpha, log_z, grad_log_z = unused, unused, unused
+    gemis = torch.zeros((B, T, K), device=dev, dtype=grad_dtype or emissions.dtype) if unary else unused
+    gstart = torch.zeros((P, K), **f32) if unary else unused
+    gend = torch.zeros((P, K), **f32) if unary else unused
+    gtrans = torch.zeros((P, K, K), **f32) if pairwise else unused
+    _crf_backward_kernel[(P,)](
+        emissions, lengths, end, trans,
+        alpha, log_z, grad_log_z,
+        beta, gemis, gstart, gend, gtrans,
+        B, K,
+        emissions.stride(0), emissions.stride(1), emissions.stride(2),
+        alpha.stride(0), alpha.stride(1),
+        beta.stride(0), beta.stride(1),
+        gemis.stride(0), gemis.stride(1),
+        UNARY=unary, PAIRWISE=pairwise, STORE_BETA=store_beta, SINGLE_TILE=single, TILE=tile,
+        num_warps=warps,
+    )
+    return _Backward(gemis if unary else None,
+                     gstart.sum(0) if unary else None,
+                     gend.sum(0) if unary else None,
+                     gtrans.sum(0) if pairwise else None,
+                     beta if store_beta else None)
 
 
 def crf_backward(emissions: torch.Tensor, lengths: torch.Tensor, end: torch.Tensor,
@@ -512,7 +667,8 @@ def crf_backward(emissions: torch.Tensor, lengths: torch.Tensor, end: torch.Tens
     """Forward-backward: gradients of ``sum_b grad_log_z[b] * log_z[b]``.
 
     Args:
-        emissions: ``(B, T, K)``; lengths: ``(B,)``; end ``(K,)``; transitions ``(K, K)``.
+        emissions: ``(B, T, K)``; lengths: ``(B,)`` each in ``[1, T]``; end ``(K,)``;
+        transitions ``(K, K)``.
         alpha: ``(B, T, K)`` fp32 from :func:`crf_forward` with ``store_alpha=True``.
         log_z: ``(B,)`` fp32; grad_log_z: ``(B,)`` upstream gradient.
         pairwise: also accumulate the transition gradient (pairwise marginals).
@@ -523,35 +679,49 @@ def crf_backward(emissions: torch.Tensor, lengths: torch.Tensor, end: torch.Tens
         grad_start ``(K,)``, grad_end ``(K,)`` and grad_transitions ``(K, K)`` (None
         without ``pairwise``), all but the first in fp32.
     """
-    B, T, K, lengths, end, end_, trans = _check(emissions, lengths, end, end, transitions)
-    dev = emissions.device
+    B, T, K, lengths, end, _, trans = _check(emissions, lengths, end, end, transitions)
     if alpha.shape != (B, T, K) or alpha.dtype != torch.float32 or alpha.stride(2) != 1:
         raise ValueError("alpha must be the fp32 (B, T, K) tensor from crf_forward(store_alpha=True)")
-    tile, single, warps = _tile(K)
-    P = _num_programs(B, dev)
-    beta = torch.empty((P, 2, K), device=dev, dtype=torch.float32)
-    gemis = torch.zeros((B, T, K), device=dev, dtype=grad_dtype or emissions.dtype)
-    gstart = torch.zeros((P, K), device=dev, dtype=torch.float32)
-    gend = torch.zeros((P, K), device=dev, dtype=torch.float32)
-    gtrans = torch.zeros((P, K, K) if pairwise else (1, 1, 1), device=dev, dtype=torch.float32)
-    _crf_backward_kernel[(P,)](
-        emissions, lengths, end, trans,
-        alpha, log_z.float().contiguous(), grad_log_z.float().contiguous(),
-        beta, gemis, gstart, gend, gtrans,
-        B, K,
-        emissions.stride(0), emissions.stride(1), emissions.stride(2),
-        alpha.stride(0), alpha.stride(1),
-        gemis.stride(0), gemis.stride(1),
-        PAIRWISE=pairwise, SINGLE_TILE=single, TILE=tile, num_warps=warps,
-    )
-    return gemis, gstart.sum(0), gend.sum(0), (gtrans.sum(0) if pairwise else None)
+    out = _backward(emissions, lengths, end, trans, alpha, log_z, grad_log_z,
+                    unary=True, pairwise=pairwise, store_beta=False, grad_dtype=grad_dtype)
+    return out.grad_emissions, out.grad_start, out.grad_end, out.grad_transitions
 
 
 def crf_marginals(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
                   end: torch.Tensor, transitions: torch.Tensor) -> torch.Tensor:
-    """Per-token tag probabilities ``P(y_t = k | x)``, ``(B, T, K)`` fp32, zero at padding."""
-    logz, alpha = crf_forward(emissions, lengths, start, end, transitions, store_alpha=True)
-    ones = torch.ones_like(logz)
-    probs, _, _, _ = crf_backward(emissions, lengths, end, transitions, alpha, logz, ones,
-                                  pairwise=False, grad_dtype=torch.float32)
-    return probs
+    """Per-token tag probabilities ``P(y_t = k | x)``, ``(B, T, K)`` fp32, zero at padding.
+
+    Args:
+        emissions: ``(B, T, K)``; lengths: ``(B,)`` each in ``[1, T]``; start, end: ``(K,)``;
+        transitions ``(K, K)``.
+    """
+    B, T, K, lengths, start, end, trans = _check(emissions, lengths, start, end, transitions)
+    logz, alpha = _forward(emissions, lengths, start, end, trans, store_alpha=True)
+    out = _backward(emissions, lengths, end, trans, alpha, logz, torch.ones_like(logz),
+                    unary=True, pairwise=False, store_beta=False, grad_dtype=torch.float32)
+    return out.grad_emissions
+
+
+def crf_alpha_beta(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
+                   end: torch.Tensor, transitions: torch.Tensor
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward log-scores: two launches, no marginals.
+
+    ``alpha_t[k]`` is the log-sum of the scores of all prefixes ``y_0..y_t`` ending in
+    ``k`` (start and emissions up to ``t`` included), ``beta_t[k]`` that of all suffixes
+    from ``y_t = k`` to the end (transitions and emissions after ``t``, end score), so
+    ``alpha_t + beta_t - log_z`` is the log marginal of step ``t``.
+
+    Args:
+        emissions: ``(B, T, K)`` fp32/fp16/bf16, any strides; lengths: ``(B,)`` each in
+            ``[1, T]``; start, end: ``(K,)``; transitions ``(K, K)`` (``-inf`` where disallowed).
+
+    Returns:
+        log_z ``(B,)``, alpha ``(B, T, K)`` and beta ``(B, T, K)``, all fp32; steps at or
+        past a sequence's length are left uninitialised in alpha and beta.
+    """
+    B, T, K, lengths, start, end, trans = _check(emissions, lengths, start, end, transitions)
+    log_z, alpha = _forward(emissions, lengths, start, end, trans, store_alpha=True)
+    beta = _backward(emissions, lengths, end, trans, None, None, None,
+                     unary=False, pairwise=False, store_beta=True).beta
+    return log_z, alpha, beta

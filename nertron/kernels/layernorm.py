@@ -13,6 +13,10 @@ weighted-layer pooling, ``gamma * sum_l s_l h_l``, computed as each layer's outp
 final LayerNorm, so the stack of all layers is never stored. The coefficient is read from a
 device tensor (no host synchronisation per layer); the embeddings kernel initialises the
 accumulator, each layer adds to it.
+
+Row offsets (row x row stride) are formed in int64: (tokens x hidden) passes 2^31 elements
+at ~2.8M tokens of width 768 (700k at 3072), where int32 would wrap. Only the scalar row base
+is 64-bit; the per-feature offsets within a row stay int32 (below BLOCK_H).
 """
 from __future__ import annotations
 
@@ -35,9 +39,10 @@ def _normalize_row(x, w_ptr, b_ptr, offs, H, eps):
 
 
 @triton.jit
-def _mix_row(y, mix_ptr, mix_coef_ptr, mix_index, row, offs, mask, H, MIX_INIT: tl.constexpr):
+def _mix_row(y, mix_ptr, mix_coef_ptr, mix_index, row, offs, mask, mix_row_stride, MIX_INIT: tl.constexpr):
+    """``mix[row] (+)= coef * y``; ``row`` is int64 (the row offset can pass 2^31)."""
     coef = tl.load(mix_coef_ptr + mix_index).to(tl.float32)
-    mix_ptrs = mix_ptr + row * H + offs
+    mix_ptrs = mix_ptr + row * mix_row_stride + offs
     if MIX_INIT:
         tl.store(mix_ptrs, coef * y, mask=mask)
     else:
@@ -64,10 +69,11 @@ def _embeddings_layernorm_kernel(
     position_row_stride,
     token_type_row_stride,
     out_row_stride,
+    mix_row_stride,
     HAS_MIX: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # int64: row * out_row_stride can pass 2^31
     offs = tl.arange(0, BLOCK_H)
     mask = offs < H
     token = tl.load(input_ids_ptr + row).to(tl.int64)
@@ -80,7 +86,7 @@ def _embeddings_layernorm_kernel(
     y = _normalize_row(x, w_ptr, b_ptr, offs, H, eps)
     tl.store(out_ptr + row * out_row_stride + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
     if HAS_MIX:
-        _mix_row(y, mix_ptr, mix_coef_ptr, mix_index, row, offs, mask, H, MIX_INIT=True)
+        _mix_row(y, mix_ptr, mix_coef_ptr, mix_index, row, offs, mask, mix_row_stride, MIX_INIT=True)
 
 
 @triton.jit
@@ -96,18 +102,19 @@ def _layernorm_kernel(
     eps,
     x_row_stride,
     out_row_stride,
+    mix_row_stride,
     HAS_MIX: tl.constexpr,
     MIX_INIT: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # int64: row * row stride can pass 2^31
     offs = tl.arange(0, BLOCK_H)
     mask = offs < H
     x = tl.load(x_ptr + row * x_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
     y = _normalize_row(x, w_ptr, b_ptr, offs, H, eps)
     tl.store(out_ptr + row * out_row_stride + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
     if HAS_MIX:
-        _mix_row(y, mix_ptr, mix_coef_ptr, mix_index, row, offs, mask, H, MIX_INIT=MIX_INIT)
+        _mix_row(y, mix_ptr, mix_coef_ptr, mix_index, row, offs, mask, mix_row_stride, MIX_INIT=MIX_INIT)
 
 
 def _warps(block: int) -> int:
@@ -118,8 +125,10 @@ def _check_mix(mix: torch.Tensor | None, mix_coef: torch.Tensor | None, rows: in
     if (mix is None) != (mix_coef is None):
         raise ValueError("mix and mix_coef go together")
     if mix is not None:
-        if mix.dtype != torch.float32 or mix.shape != (rows, hidden) or not mix.is_contiguous():
-            raise ValueError(f"mix must be a contiguous fp32 ({rows}, {hidden}) accumulator, got {mix.dtype} {tuple(mix.shape)}")
+        if mix.dtype != torch.float32 or mix.shape != (rows, hidden) or (hidden > 1 and mix.stride(1) != 1):
+            raise ValueError(
+                f"mix must be a row-contiguous fp32 ({rows}, {hidden}) accumulator, got {mix.dtype} {tuple(mix.shape)} "
+                f"with strides {mix.stride()}")
         if mix_coef.dim() != 1 or not mix_coef.is_contiguous():
             raise ValueError("mix_coef must be a contiguous 1-D tensor of per-layer coefficients")
 
@@ -143,8 +152,8 @@ def embeddings_layernorm(
         input_ids, position_ids, token_type_ids: (N,) integer tensors.
         word, position, token_type: embedding tables (V, H), (P, H), (Tt, H).
         weight, bias: LayerNorm affine parameters (H,).
-        mix, mix_coef: optional fp32 (N, H) accumulator, initialised here to
-            ``mix_coef[0] * output``.
+        mix, mix_coef: optional fp32 (N, H) accumulator (unit feature stride), initialised
+            here to ``mix_coef[0] * output``.
 
     Returns:
         (N, H) in the tables' dtype.
@@ -180,6 +189,7 @@ def embeddings_layernorm(
         position.stride(0),
         token_type.stride(0),
         out.stride(0),
+        mix.stride(0) if mix is not None else 0,
         HAS_MIX=mix is not None,
         BLOCK_H=block,
         num_warps=_warps(block),
@@ -208,7 +218,7 @@ def layernorm(
     if weight.shape != (hidden,) or bias.shape != (hidden,):
         raise ValueError(f"weight and bias must be ({hidden},)")
     _check_mix(mix, mix_coef, rows, hidden)
-    out = torch.empty_like(x)
+    out = torch.empty((rows, hidden), dtype=x.dtype, device=x.device)
     if rows == 0:
         return out
     block = triton.next_power_of_2(hidden)
@@ -224,6 +234,7 @@ def layernorm(
         eps,
         x.stride(0),
         out.stride(0),
+        mix.stride(0) if mix is not None else 0,
         HAS_MIX=mix is not None,
         MIX_INIT=mix_init,
         BLOCK_H=block,
