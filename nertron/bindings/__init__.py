@@ -7,3 +7,6 @@ reference elsewhere, ``'torch'`` forces the reference, ``'triton'`` forces the k
 libraries' modules (``torchcrf.CRF``, Hugging Face ``BertModel``, AllenNLP ``ScalarMix``)
 and ``patch()`` live here too.
 """
+
+# The ``backend`` values every module, function and ``patch()`` accept (one definition).
+BACKENDS = ("auto", "torch", "triton")

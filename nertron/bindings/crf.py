@@ -33,6 +33,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from nertron.bindings import BACKENDS as _BACKENDS
+
 __all__ = [
     "CRF",
     "Constraints",
@@ -46,7 +48,6 @@ __all__ = [
     "CRFLogPartition",
 ]
 
-_BACKENDS = ("auto", "torch", "triton")
 # Largest spread (max - min) of finite transition scores for which the reference forward
 # uses the exp-space matrix product: a term then underflows only if it is below
 # e^(-87 + spread) of its column's largest term (fp32), i.e. below rounding error.

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from nertron.bindings import BACKENDS
 from nertron.bindings.bert import encoder_key_mask, fusable, fused_encoder_forward, fused_encoder_layers_forward
 
-BACKENDS = ("auto", "torch", "triton")
 # Arguments of Hugging Face's BertModel.forward the fused encoder serves; any other argument
 # given a non-default value sends the call to the original forward.
 _FUSED_ARGS = {"input_ids", "attention_mask", "token_type_ids", "output_hidden_states", "return_dict", "kwargs"}

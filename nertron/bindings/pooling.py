@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 from torch.nn import Parameter, ParameterList
 
+from nertron.bindings import BACKENDS as _BACKENDS
+
 __all__ = [
     "ConfigurationError",
     "tiny_value_of_dtype",
@@ -36,7 +38,6 @@ __all__ = [
     "LayerPooling",
 ]
 
-_BACKENDS = ("auto", "torch", "triton")
 _MODES = ("softmax", "weighted")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

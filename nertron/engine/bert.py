@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nertron.bindings import BACKENDS  # re-exported: the backend names, defined once
 from nertron.engine.config import BertConfig
-
-BACKENDS = ("auto", "torch", "triton")
 
 
 @dataclass
@@ -304,7 +303,7 @@ class BertModel(nn.Module):
             output_hidden_states: also return the embeddings output and every layer's output.
             layer_mix: optional (N + 1,) coefficients, one per hidden state (embeddings output
                 first): also return their weighted sum, fused into the encoder on the Triton
-                path (``LayerPooling.coefficients()`` gives them).
+                path (``LayerPooling.mix_coefficients()`` gives them).
             packed: fused path only: run on real tokens only (default) or on every position.
 
         Returns:

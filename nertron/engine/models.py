@@ -39,8 +39,8 @@ from nertron.bindings.crf import CRF, allowed_transitions
 from nertron.bindings.pooling import LayerPooling
 from nertron.engine.bert import BertModel
 from nertron.engine.checkpoint import DEFAULT_CHECKPOINT_PACKAGE, default_checkpoint_dir
+from nertron.engine.data.vocab import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 BERT_MODES = ("weighted", "softmax", "last")
 
 

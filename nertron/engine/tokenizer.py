@@ -49,6 +49,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from tokenizers import Encoding, Tokenizer, models, normalizers, pre_tokenizers
 
+# label id of continuation sub-tokens and padding (cross_entropy's default ignore_index), defined once
+from nertron.engine.data.vocab import IGNORE_INDEX
+
 __all__ = [
     "IGNORE_INDEX",
     "CONTINUATION_LABEL",
@@ -60,7 +63,6 @@ __all__ = [
     "merge_windows",
 ]
 
-IGNORE_INDEX = -100  # label id of continuation sub-tokens and padding: cross_entropy's default ignore_index
 CONTINUATION_LABEL = "X"  # string label of continuation sub-tokens (the ner-bert seed's convention)
 UNK, CLS, SEP, PAD = "[UNK]", "[CLS]", "[SEP]", "[PAD]"
 SPECIAL_TOKENS = (UNK, CLS, SEP, PAD)

@@ -28,13 +28,13 @@ PyTorch to rounding, but the slow CUDA-core FMA path on a GPU), TF32 tensor core
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from nertron.kernels.matmul import dot_precision
+from nertron.kernels.runtime import interpreting
 
 _MAX_GRID_X = 2**31 - 1  # CUDA grid limits: axis 0, and axes 1 and 2
 _MAX_GRID_YZ = 65535
@@ -151,7 +151,7 @@ def attention(
         return out
     block_d = max(triton.next_power_of_2(head_dim), 16)
     precision = dot_precision(qkv.dtype)
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         block_m, block_n, warps, stages = 16, 16, 4, 1
     elif qkv.dtype == torch.float32 and precision == "ieee":
         # CUDA-core FMA dots keep Q, K, V and P tiles in registers: small tiles, or they spill

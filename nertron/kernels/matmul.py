@@ -20,17 +20,14 @@ kind of dot product (fp16/bf16 tensor cores, TF32, IEEE fp32) and size class of 
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from nertron.kernels.runtime import interpreting
+
 ACTIVATIONS = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -87,7 +84,7 @@ def _dot_kind(dtype: torch.dtype, precision: str) -> str:
 
 
 def _configs(size: str) -> list:
-    if _interpreting():
+    if interpreting():
         # The interpreter fails with two or more autotune configs; one small tile keeps it quick.
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4)]
     seen = []
