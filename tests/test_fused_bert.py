@@ -198,7 +198,11 @@ def test_patch_bert_for_token_classification():
         assert len(calls) == 3 and model.bert.embeddings.word_embeddings.weight.grad is not None
     finally:
         patch_module.fused_encoder_forward = saved
+    # the fused calls cached one concatenated QKV copy per layer; unpatch frees them
+    cached = [m for m in model.modules() if "_nertron_qkv" in vars(m)]
+    assert len(cached) == model.config.num_hidden_layers
     assert unpatch(model) == 1 and "forward" not in vars(model.bert)
+    assert not any("_nertron_qkv" in vars(m) for m in model.modules())
 
 
 class _OwnModel(torch.nn.Module):

@@ -24,10 +24,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from nertron.kernels.attention import attention
-from nertron.kernels.layernorm import embeddings_layernorm, layernorm
-from nertron.kernels.matmul import linear
-
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
@@ -109,19 +105,43 @@ def encoder_key_mask(encoder: nn.Module, hidden_states: Tensor, attention_mask: 
     return keys, None
 
 
+def _kernels():
+    # imported lazily, as in bindings/crf.py and bindings/pooling.py: importing the kernels
+    # imports triton, and on CPU machines TRITON_INTERPRET must be set before they are decorated
+    from nertron.kernels import attention, layernorm, matmul
+    return attention, layernorm, matmul
+
+
+# The attribute under which _fused_qkv caches a self-attention module's concatenated weights.
+_QKV_CACHE = "_nertron_qkv"
+
+
+def drop_cached_weights(module: nn.Module) -> int:
+    """Free the concatenated QKV copies the fused forward cached on ``module``'s submodules
+    (see ``_fused_qkv``); returns how many. ``nertron.unpatch`` calls it."""
+    count = 0
+    for sub in module.modules():
+        if _QKV_CACHE in sub.__dict__:
+            object.__delattr__(sub, _QKV_CACHE)
+            count += 1
+    return count
+
+
 def _fused_qkv(self_attention: nn.Module) -> tuple[Tensor, Tensor]:
     """(3H, H) weight and (3H,) bias of Q, K, V concatenated, cached until a weight changes."""
     params = [getattr(self_attention, n).weight for n in ("query", "key", "value")]
     params += [getattr(self_attention, n).bias for n in ("query", "key", "value")]
+    # A weight changed if its storage moved, it was modified in place (the tensor's version
+    # counter, ``_version``, which torch bumps on every in-place op), or its dtype changed.
     key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-    cached = getattr(self_attention, "_nertron_qkv", None)
+    cached = self_attention.__dict__.get(_QKV_CACHE)
     if cached is None or cached[0] != key:
         with torch.no_grad():
             weight = torch.cat(params[:3]).contiguous()  # shape: (3H, H)
             bias = torch.cat(params[3:]).contiguous()  # shape: (3H,)
         cached = (key, weight, bias)
         # Plain attribute (not a buffer): stays out of state_dict and follows the weights' dtype/device via the key.
-        object.__setattr__(self_attention, "_nertron_qkv", cached)
+        object.__setattr__(self_attention, _QKV_CACHE, cached)
     return cached[1], cached[2]
 
 
@@ -189,7 +209,8 @@ def fused_encoder_forward(
         mix_coef = layer_mix.to(device=device, dtype=torch.float32).contiguous()
         mix = torch.empty(ids.shape[0], hidden, dtype=torch.float32, device=device)
 
-    x = embeddings_layernorm(
+    _, layernorm, _ = _kernels()
+    x = layernorm.embeddings_layernorm(
         ids,
         pos,
         types,
@@ -220,10 +241,12 @@ def _layers(config, encoder: nn.Module, x: Tensor, seq_start: Tensor, q_len: Ten
             mix: Tensor | None = None, mix_coef: Tensor | None = None, states: list | None = None) -> Tensor:
     """Every layer of ``encoder`` (``encoder.layer[i]``, Hugging Face names) over rows ``x`` (N, H)."""
     activation = _ACTIVATIONS[config.hidden_act]
+    attention, layernorm_kernels, matmul = _kernels()
+    linear, layernorm = matmul.linear, layernorm_kernels.layernorm
     for index, layer in enumerate(encoder.layer, start=1):
         qkv_weight, qkv_bias = _fused_qkv(layer.attention.self)
         qkv = linear(x, qkv_weight, qkv_bias)  # shape: (N, 3H)
-        context = attention(qkv, config.num_attention_heads, seq_start, q_len, k_len, max_q_len)  # shape: (N, H)
+        context = attention.attention(qkv, config.num_attention_heads, seq_start, q_len, k_len, max_q_len)  # shape: (N, H)
         out = layer.attention.output
         h = linear(context, out.dense.weight, out.dense.bias, residual=x)
         h = layernorm(h, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps)

@@ -21,6 +21,21 @@ Weights are shared, not copied: training the patched model trains the original p
 Outputs at padding positions are zeros where the kernels served the call (Hugging Face
 computes values there that no real token reads). ``unpatch(model)`` undoes the forward
 wrapping of Hugging Face models.
+
+What ``patch`` stores on your modules, and for how long:
+
+- on each wrapped ``BertModel`` / ``BertEncoder``: an instance attribute ``forward`` (the
+  wrapper) and ``_nertron_original_forward`` (the original bound method), until ``unpatch``;
+- on each ``BertSelfAttention`` the fused encoder serves: ``_nertron_qkv``, a concatenated
+  ``(3H, H)`` copy of the query/key/value weights and ``(3H,)`` biases in the weights' dtype
+  and device (one extra copy of those weights: 3 x 768 x 768 x 12 layers, 42 MB in bf16 for
+  bert-base), built at the first fused call and rebuilt when a Q/K/V weight changes (moved,
+  modified in place -- torch's per-tensor version counter ``_version`` -- or cast); a plain
+  attribute, not a buffer, so it stays out of ``state_dict``. ``unpatch`` frees it.
+
+Encoder calls whose layer outputs are recorded by hooks are detected through torch's
+``Module._forward_hooks`` / ``_forward_pre_hooks`` dictionaries (torch has no public way to
+ask whether a module has hooks); such calls run the original forward.
 """
 from __future__ import annotations
 
@@ -31,7 +46,8 @@ import torch
 from torch import nn
 
 from nertron.bindings import BACKENDS
-from nertron.bindings.bert import encoder_key_mask, fusable, fused_encoder_forward, fused_encoder_layers_forward
+from nertron.bindings.bert import (drop_cached_weights, encoder_key_mask, fusable, fused_encoder_forward,
+                                   fused_encoder_layers_forward)
 
 # Arguments of Hugging Face's BertModel.forward the fused encoder serves; any other argument
 # given a non-default value sends the call to the original forward.
@@ -209,8 +225,9 @@ def patch(model: nn.Module, backend: str = "auto") -> list[str]:
 
 
 def unpatch(model: nn.Module) -> int:
-    """Restore the original forward of every Hugging Face BertModel / BertEncoder ``patch`` wrapped;
-    returns how many."""
+    """Restore the original forward of every Hugging Face BertModel / BertEncoder ``patch`` wrapped
+    and free the weight copies the fused encoder cached on them; returns how many were restored."""
+    drop_cached_weights(model)
     count = 0
     for module in model.modules():
         original = getattr(module, "_nertron_original_forward", None)
