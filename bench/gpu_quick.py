@@ -13,7 +13,7 @@ Rows (nertron first in each group, then what a user would otherwise run, same in
   bf16 encoder + bf16 autocast head, word batch in -> tags out (``.cpu().tolist()``), and
   ``Tagger.tag_words`` (words in -> entities with scores out, tokenization included); vs
   transformers ``BertModel`` (sdpa) + the same head in plain PyTorch + pytorch-crf decode,
-  eager and with the encoder under ``torch.compile`` (bench/report.py's ``BaselineTagger``).
+  eager and with the encoder under ``torch.compile`` (``nertron.bench.e2e.BaselineTagger``).
   Tokens/s count real (non-padding) sub-tokens.
 - ``encoder``: a bert-base-shaped encoder (random weights; 12 layers, H 768, 12 heads,
   FFN 3072) at B=256, T=128 (no padding), bf16: nertron's fused Triton encoder vs
@@ -74,24 +74,16 @@ for _path in (str(REPO), str(HERE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+# The suite's shared pieces (they import torch, not nertron's kernels: TRITON_INTERPRET can still be set).
+from nertron.bench.e2e import BaselineTagger, conll_sentences, synthetic_sentences  # noqa: E402
+from nertron.bench.encoder import BERT_BASE, encoder_flops  # noqa: E402
+from nertron.bench.harness import DENSE_BF16_TFLOPS, NOMINAL_GBPS, first_call, lookup  # noqa: E402
+from nertron.bench.pooling import AllenNLPScalarMix  # noqa: E402
+
 OUT_FILES = ("quick.md", "quick.json")  # all that this script writes under --out
 
-# Data-sheet figures, matched against torch.cuda.get_device_name() longest key first.
-# Dense (no structured sparsity) bf16 tensor-core peaks, TFLOP/s.
-DENSE_BF16_TFLOPS = {
-    "H100 NVL": 835, "H100 PCIe": 756, "H100": 989, "H800 PCIe": 756, "H800": 989,
-    "H200 NVL": 835, "H200": 989, "GH200": 989,
-    "A100": 312, "L40S": 362, "L40": 181, "L4": 121,
-}
-# Nominal memory bandwidth, GB/s.
-NOMINAL_GBPS = {
-    "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "H200 NVL": 4800, "H200": 4800,
-    "GH200": 4000, "A100-SXM4-80GB": 2039, "A100 80GB PCIe": 1935, "A100": 1555, "L40S": 864, "L40": 864, "L4": 300,
-}
 DRY_STAND_IN = "NVIDIA H200"  # the dry run looks its peaks up under this name (labelled so)
 
-BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
 TINY_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64, max_position_embeddings=512, type_vocab_size=2)
 # Shapes: (GPU, dry run)
@@ -118,28 +110,12 @@ def _error_text(err: BaseException) -> str:
     return text if len(text) < 600 else text[:600] + " ..."
 
 
-def lookup(table: dict[str, float], name: str) -> tuple[str | None, float | None]:
-    for key in sorted(table, key=len, reverse=True):
-        if key in name:
-            return key, table[key]
-    return None, None
-
-
 def _nertron_version() -> str | None:
     try:
         from nertron._version import __version__
     except ImportError:
         return None
     return __version__
-
-
-def encoder_flops(lengths: list[int], hidden: int, layers: int, intermediate: int) -> float:
-    """Forward FLOPs on real tokens: the 4 GEMMs of a layer (QKV, attention output, FFN in,
-    FFN out) and attention's QK^T and PV (as bench/encoder_gpu.py counts them)."""
-    tokens = sum(lengths)
-    gemm = 2 * tokens * (4 * hidden * hidden + 2 * hidden * intermediate)
-    attention = 4 * hidden * sum(n * n for n in lengths)
-    return float(layers * (gemm + attention))
 
 
 # ====================================================================== the run
@@ -249,11 +225,7 @@ class Quick:
         counters = torch._dynamo.utils.counters
         counters.clear()
         try:
-            fn = make()
-            t0 = time.perf_counter()
-            fn()
-            self.sync()
-            compile_s = time.perf_counter() - t0
+            fn, compile_s = first_call(make, self.sync)
         except Exception as err:  # noqa: BLE001
             print(f"  {group} / {impl}: torch.compile FAILED {_error_text(err)}", file=sys.stderr, flush=True)
             traceback.print_exc(limit=4, file=sys.stderr)
@@ -323,7 +295,7 @@ def section_ceilings(q: Quick) -> None:
     x = torch.randn(n, device=q.device)
     y = torch.empty_like(x)
     nbytes = 2 * n * 4  # read + write
-    row = q.measure("ceilings", "device-to-device copy (torch copy_)", lambda: y.copy_(x), role="ceiling",
+    row = q.measure("ceilings", "device-to-device copy (torch copy_)", lambda y=y, x=x: y.copy_(x), role="ceiling",
                     config=f"{n * 4 / 2**30:.3g} GiB fp32, bytes read + written", work=dict(bytes=nbytes))
     if "ms" in row:
         q.ceilings["copy_gbps"] = nbytes / (row["ms"] * 1e-3) / 1e9
@@ -333,7 +305,7 @@ def section_ceilings(q: Quick) -> None:
     b = torch.randn(m, m, device=q.device).to(q.dtype)
     flops = 2.0 * m ** 3
     row = q.measure("ceilings", f"cuBLAS GEMM {m}^3 ({str(q.dtype).replace('torch.', '')}, random data)",
-                    lambda: a @ b, role="ceiling", config=f"M=N=K={m}", work=dict(flops=flops))
+                    lambda a=a, b=b: a @ b, role="ceiling", config=f"M=N=K={m}", work=dict(flops=flops))
     if "ms" in row:
         q.ceilings["gemm_tflops"] = flops / (row["ms"] * 1e-3) / 1e12
     del a, b
@@ -395,7 +367,6 @@ def section_crf(q: Quick) -> None:
 
 def section_pooling(q: Quick) -> None:
     torch = q.torch
-    from report import AllenNLPScalarMix
 
     from nertron import LayerPooling
 
@@ -422,11 +393,11 @@ def section_pooling(q: Quick) -> None:
     except Exception as err:  # noqa: BLE001
         print(f"  pooling agreement check failed: {_error_text(err)}", file=sys.stderr)
 
-    def ours_fwd():
+    def ours_fwd(layers=layers):
         with torch.inference_mode():
             return ours(layers)
 
-    def ref_fwd():
+    def ref_fwd(layers=layers):
         with torch.inference_mode():
             return ref(list(layers))
 
@@ -543,7 +514,6 @@ class E2EState:
 def section_e2e(q: Quick, state: E2EState) -> None:
     torch = q.torch
     import transformers
-    from report import BaselineTagger, conll_sentences, synthetic_sentences
 
     from nertron import Tagger
     from nertron.engine.checkpoint import default_checkpoint_dir
@@ -705,6 +675,10 @@ def finish(row: dict[str, Any], q: Quick) -> dict[str, Any]:
     return row
 
 
+def _fractions(row: dict[str, Any], labels, none: str) -> str:
+    """``x% of <label>`` for each (key, label) the row has, or ``none``."""
+    return "; ".join(f"{row[key]:.1%} of {label}" for key, label in labels if key in row) or none
+
 def _cells(row: dict[str, Any], env: dict[str, Any]) -> tuple[str, str, str]:
     """(throughput, of ceiling, x) cells."""
     if "error" in row:
@@ -717,20 +691,12 @@ def _cells(row: dict[str, Any], env: dict[str, Any]) -> tuple[str, str, str]:
         rate = f"{row['tflops']:.4g} TFLOP/s"
         if "tokens_per_s" in row:
             rate += f" ({fmt_rate(row['tokens_per_s'], 'tok/s')})"
-        parts = []
-        if "fraction_of_peak" in row:
-            parts.append(f"{row['fraction_of_peak']:.1%} of {env['dense_bf16_peak_tflops']} TFLOP/s peak")
-        if "fraction_of_cublas" in row:
-            parts.append(f"{row['fraction_of_cublas']:.1%} of cuBLAS")
-        ceiling = "; ".join(parts) or "- (no peak known for this device)"
+        ceiling = _fractions(row, (("fraction_of_peak", f"{env['dense_bf16_peak_tflops']} TFLOP/s peak"),
+                                   ("fraction_of_cublas", "cuBLAS")), "- (no peak known for this device)")
     elif "gbps" in row:
         rate = f"{row['gbps']:.4g} GB/s"
-        parts = []
-        if "fraction_of_copy" in row:
-            parts.append(f"{row['fraction_of_copy']:.1%} of copy")
-        if "fraction_of_nominal" in row:
-            parts.append(f"{row['fraction_of_nominal']:.1%} of {env['nominal_gbps']} GB/s nominal")
-        ceiling = "; ".join(parts) or "- (no nominal bandwidth known for this device)"
+        ceiling = _fractions(row, (("fraction_of_copy", "copy"), ("fraction_of_nominal", f"{env['nominal_gbps']} GB/s nominal")),
+                             "- (no nominal bandwidth known for this device)")
     elif "positions_per_s" in row:
         rate = fmt_rate(row["positions_per_s"], "tags/s")
     speed = "-"

@@ -1,8 +1,9 @@
-"""Smoke test of the benchmark suite (bench/report.py): a --quick CPU run of three sections
-writes the Markdown report, the JSON file and the plots, and every measured row holds the
-nertron timing, the baseline timing and their ratio."""
-import importlib.util
+"""Smoke test of the benchmark suite (``nertron bench`` = ``nertron.bench.report.main``; from a
+checkout ``python bench/report.py``): a --quick CPU run of three sections writes the Markdown
+report, the JSON file and the plots, and every measured row holds the nertron timing, the
+baseline timing and their ratio."""
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -12,21 +13,26 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("transformers")
 pytest.importorskip("torchcrf")
 
-REPORT = Path(__file__).resolve().parents[1] / "bench" / "report.py"
+from nertron.bench import report as suite  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "report.py"
 
 
-def _load_report():
-    spec = importlib.util.spec_from_file_location("bench_report_under_test", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_checkout_script_is_the_package_entry_point():
+    assert runpy.run_path(str(SCRIPT))["main"] is suite.main
+
+
+def test_sections_are_modules_with_titles():
+    assert list(suite.SECTIONS) == ["crf", "pooling", "attention", "gemm", "layernorm", "encoder", "e2e"]
+    for name, module in suite.SECTIONS.items():
+        assert callable(module.section) and module.TITLE, name
 
 
 def test_quick_report_on_cpu(tmp_path, minilm_dir):
     threads = torch.get_num_threads()
     try:
-        code = _load_report().main(["--device", "cpu", "--quick", "--sections", "crf,pooling,e2e",
-                                    "--out", str(tmp_path), "--threads", "1"])
+        code = suite.main(["--device", "cpu", "--quick", "--sections", "crf,pooling,e2e",
+                           "--out", str(tmp_path), "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     assert code == 0

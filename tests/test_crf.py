@@ -15,6 +15,7 @@ from nertron.bindings.crf import (
     crf_log_partition_torch,
     crf_marginals_torch,
     crf_score_torch,
+    crf_span_log_probs,
     crf_viterbi_nbest_torch,
     crf_viterbi_torch,
 )
@@ -424,3 +425,57 @@ def test_constrained_marginals_give_zero_probability_to_invalid_tags():
     probs = crf.marginals(torch.randn(2, 5, 3))
     assert bool((probs[:, 0, 2] == 0).all())  # no sequence starts with I-PER
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 5))
+
+
+# ------------------------------------------------------------------ span scores (module method)
+def module_span_case(batch_first, dtype=torch.float64, seed=3):
+    """A constrained BIO module, inputs in its layout, decoded tags with one invalid span
+    written in, and spans (b, i, j) over every sequence (batch-first views beside)."""
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    K = len(labels)
+    emissions, _, mask = make_inputs(4, 6, K, batch_first, dtype=dtype, seed=seed)
+    crf = CRF(K, batch_first=batch_first, backend="torch", constraints=allowed_transitions(labels)).to(dtype)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    tags, _ = crf.decode(emissions, mask, as_tensor=True)  # (T, B) or (B, T), -1 at padding
+    views = (lambda x: x) if batch_first else (lambda x: x.transpose(0, 1))
+    em_bf, mask_bf, tags_bf = views(emissions), views(mask).bool(), views(tags)
+    tags_bf[0, :2] = torch.tensor([0, 2])  # O -> I-PER (row 0 is full length): disallowed
+    lengths = mask_bf.sum(1).tolist()
+    rows = [(0, 0, 1), (0, 1, 1), (0, 2, 5)]
+    for b, n in enumerate(lengths):
+        rows += [(b, 0, n - 1), (b, n - 1, n - 1), (b, 0, 0)]
+    spans = torch.tensor(rows)
+    return crf, emissions, tags, mask, spans, (em_bf, mask_bf, tags_bf)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_module_span_log_probs_matches_function(batch_first):
+    crf, emissions, tags, mask, spans, (em_bf, mask_bf, tags_bf) = module_span_case(batch_first)
+    got = crf.span_log_probs(emissions, tags, spans, mask)
+    start, end, trans = crf.transition_scores(constrained=True)
+    want = crf_span_log_probs(em_bf, mask_bf, tags_bf, spans, start.float(), end.float(), trans.float())
+    # fp32 parameters: fp32 statistics even for an fp64 module and fp64 emissions
+    assert got.dtype == want.dtype == torch.float32 and got.shape == (spans.shape[0],)
+    assert torch.equal(got, want)
+    # the constraints apply: spans through the O -> I-PER step are impossible, the rest is not
+    through = (spans[:, 0] == 0) & (spans[:, 1] == 0) & (spans[:, 2] >= 1)
+    assert through.sum() == 2 and torch.equal(got == float("-inf"), through)
+    assert bool((got[~through] <= 1e-5).all())
+    # a default mask is all on
+    full = crf.span_log_probs(emissions, tags.clamp(min=0), spans)
+    ones = torch.ones_like(mask_bf)
+    want_full = crf_span_log_probs(em_bf, ones, tags_bf.clamp(min=0), spans, start.float(), end.float(),
+                                   trans.float())
+    assert torch.equal(full, want_full)
+
+
+def test_module_span_log_probs_empty_spans_and_errors():
+    crf, emissions, tags, mask, spans, _ = module_span_case(batch_first=False)
+    empty = crf.span_log_probs(emissions, tags, spans[:0], mask)
+    assert empty.shape == (0,) and empty.dtype == torch.float32
+    with pytest.raises(ValueError, match="first two dimensions of emissions and tags"):
+        crf.span_log_probs(emissions, tags.t(), spans, mask)
+    with pytest.raises(ValueError, match="mask of the first timestep"):
+        crf.span_log_probs(emissions, tags, spans, torch.zeros_like(mask))

@@ -13,14 +13,13 @@ import torchcrf
 from nertron.bindings.crf import (
     CRF,
     CRFLogPartition,
-    _alphas,
-    _betas,
     allowed_transitions,
     crf_log_partition_torch,
     crf_marginals_torch,
     crf_span_log_probs,
     crf_viterbi_torch,
 )
+from nertron.bindings.crf_reference import _alphas, _betas
 from nertron.kernels import crf as kernels
 
 pytestmark = [
@@ -464,3 +463,30 @@ def test_random_shapes(seed):
     for a, b in zip(mine, params):
         expected = torch.zeros_like(b) if b.grad is None else b.grad
         torch.testing.assert_close(a.grad.float(), expected, rtol=gtol, atol=gtol)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("K", [5, 70])
+def test_module_span_log_probs_kernels(batch_first, K):
+    # CRF.span_log_probs on the kernels == crf_span_log_probs with the constrained fp32
+    # scores, in either layout; close to the reference module
+    labels = ["O"] + [f"{p}-T{k}" for k in range((K - 1) // 2) for p in "BI"]
+    labels += ["[PAD]"] * (K - len(labels))
+    B, T = 3, 5
+    em, lengths, mask, _, _, _ = problem(B, T, K, torch.bfloat16, seed=K, lengths=[5, 3, 1])
+    crf = CRF(K, batch_first=batch_first, backend="triton", constraints=allowed_transitions(labels)).to(DEVICE)
+    ref = CRF(K, batch_first=batch_first, backend="torch", constraints=allowed_transitions(labels)).to(DEVICE)
+    ref.load_state_dict(crf.state_dict())
+    tags = torch.tensor([[0, 1, 2, 2, 0], [2, 0, 1, -1, -1], [1, -1, -1, -1, -1]], device=DEVICE)
+    spans = torch.tensor([[0, 1, 3], [0, 0, 4], [1, 0, 0], [1, 2, 2], [1, 0, 2], [2, 0, 0]], device=DEVICE)
+    layout = (lambda x: x) if batch_first else (lambda x: x.transpose(0, 1))
+    got = crf.span_log_probs(layout(em), layout(tags), spans, layout(mask))
+    start, end, trans = crf.transition_scores(constrained=True)
+    want = crf_span_log_probs(em, mask, tags, spans, start.float(), end.float(), trans.float(), backend="triton")
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    # I-T0 cannot start a sequence, O -> I-T0 is disallowed
+    expect_inf = torch.tensor([False, False, True, False, True, False], device=DEVICE)
+    assert torch.equal(got == float("-inf"), expect_inf)
+    theirs = ref.span_log_probs(layout(em), layout(tags), spans, layout(mask))
+    torch.testing.assert_close(got[~expect_inf], theirs[~expect_inf], rtol=1e-5, atol=1e-4)
+    assert crf.span_log_probs(layout(em), layout(tags), spans[:0], layout(mask)).shape == (0,)

@@ -164,3 +164,32 @@ def test_feature_cache_on_disk_is_shared_and_matches_the_encoder(data_dir, token
                                     enc_hidden_dim=32), shorter, tmp_path / "c", cache_dir=tmp_path / "cache",
                progress=False).fit(1)
     assert len(list((tmp_path / "cache").iterdir())) == 3  # a new train file; the same valid file
+
+
+def test_trainer_state_holds_only_what_is_trained_and_resumes(data_dir, tokenizer, minilm_dir, tmp_path):
+    """trainer_state.pt keeps the trained weights, optimizer, schedule and epoch, not the frozen
+    BERT (its checkpoint holds it); resuming from it restores the head exactly."""
+    train = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.train"), 40))
+    valid = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.testa"), 20))
+    vocab = LabelVocab.from_labels(["O"] + [f"{p}-{t}" for p in "BI" for t in ("PER", "ORG", "LOC", "MISC")])
+    data = NerData.from_sentences(train, valid, tokenizer, source_scheme="IOB1", vocab=vocab, batch_tokens=512)
+    torch.manual_seed(0)
+    model = BertBiLSTMCRF.create(data.vocab.num_labels, minilm_dir, labels=data.vocab.labels, enc_hidden_dim=32)
+    learner = NerLearner(model, data, tmp_path, progress=False)
+    learner.fit(1)
+    state = torch.load(tmp_path / TRAINER_STATE, weights_only=True)
+    assert set(state) == {"epoch", "best_metric", "optimizer", "scheduler", "model"}
+    assert state["epoch"] == 1
+    assert state["model"] and not any(k.startswith("features.bert.") for k in state["model"])
+    assert set(state["model"]) == set(model.trained_state_dict())
+    assert (tmp_path / TRAINER_STATE).stat().st_size < 5_000_000  # the 90 MB encoder is not in it
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    torch.manual_seed(1)
+    fresh = BertBiLSTMCRF.create(data.vocab.num_labels, minilm_dir, labels=data.vocab.labels, enc_hidden_dim=32)
+    resumed = NerLearner(fresh, data, tmp_path, progress=False)
+    assert resumed.fit(1, resume=True) == []  # already at epoch 1: nothing to train, state restored
+    assert resumed.epoch == 1 and resumed.best_metric == learner.best_metric
+    for key, value in model.trained_state_dict().items():
+        assert torch.equal(fresh.state_dict()[key].cpu(), value.cpu()), key
+    assert [r["epoch"] for r in resumed.fit(2, resume=False)] == [2]

@@ -193,3 +193,42 @@ def test_portable_fp16_head(minilm_dir, batch, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="the BERT checkpoint this model was trained on, .*gone, is not there"):
         NerModel.load(tmp_path / "moved")
     assert NerModel.load(tmp_path / "moved", checkpoint_dir=minilm_dir).config.checkpoint_dir == str(minilm_dir)
+
+
+def test_save_writes_each_piece_once_and_load_reads_the_old_layout(minilm_dir, tmp_path):
+    """model.json holds the label and intent names (no labels.json / intents.json); a model
+    saved in the older layout (labels.json, intents.json beside it) still loads with them."""
+    import json
+
+    from nertron.engine.data.vocab import LabelVocab
+
+    model = _make(BertBiLSTMAttnCRFJoint, minilm_dir)
+    intents = ["atis_airfare", "atis_flight", "atis_ground_service"][: model.config.intent_size]
+    model.save(tmp_path / "new", LabelVocab(model.config.labels), intents=intents)
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["head.safetensors", "model.json"]
+    meta = json.loads((tmp_path / "new" / "model.json").read_text())
+    assert meta["intents"] == intents and meta["config"]["labels"] == model.config.labels
+    loaded = NerModel.load(tmp_path / "new")
+    assert loaded.intents == intents and loaded.label_names == model.config.labels
+    with pytest.raises(ValueError, match="intent names for intent_size"):
+        model.save(tmp_path / "bad", intents=["one"])
+    with pytest.raises(ValueError, match="are not the model's"):
+        model.save(tmp_path / "bad", LabelVocab(["O", "B-X"]))
+
+    # the older layout: labels.json beside model.json, intents.json written by `nertron train`
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "head.safetensors").write_bytes((tmp_path / "new" / "head.safetensors").read_bytes())
+    del meta["intents"]
+    (old / "model.json").write_text(json.dumps(meta))
+    LabelVocab(model.config.labels).save(old / "labels.json")
+    (old / "intents.json").write_text(json.dumps(intents))
+    legacy = NerModel.load(old)
+    assert legacy.intents == intents and legacy.config == loaded.config
+
+    # a config without label names: the vocab's are kept in model.json, the config stays as it was
+    bare = BertBiLSTMCRF.create(len(LABELS), minilm_dir, enc_hidden_dim=32)
+    bare.save(tmp_path / "bare", LabelVocab(LABELS))
+    again = NerModel.load(tmp_path / "bare")
+    assert again.config.labels is None and again.label_names == LabelVocab(LABELS).labels
+    assert not list((tmp_path / "bare").glob(".*.tmp"))  # no temporary file left behind

@@ -7,7 +7,7 @@ import torch
 from torch.nn import Parameter, ParameterList
 
 from nertron import LayerPooling, ScalarMix
-from nertron.bindings.pooling import ConfigurationError, LayerMix, scalar_mix_torch, tiny_value_of_dtype
+from nertron.bindings.pooling import ConfigurationError, PoolingFunction, pooling_torch, tiny_value_of_dtype
 from nertron.kernels import pooling as kernels
 
 
@@ -147,7 +147,7 @@ def _reference(h, s, gamma, mask, normalize, grad_out):
     h = h.clone().requires_grad_()
     s = s.clone().requires_grad_()
     gamma = gamma.clone().requires_grad_()
-    out = scalar_mix_torch(list(h.unbind(0)), s, gamma, mask, normalize)
+    out = pooling_torch(list(h.unbind(0)), s, gamma, mask, normalize)
     grads = torch.autograd.grad(out, (h, s, gamma), grad_out.to(out.dtype))
     return (out.detach(), *grads)
 
@@ -172,9 +172,9 @@ def test_kernels_match_reference_fp32(L, N, H, mode, normalize, tile, monkeypatc
     ref_out, ref_gh, ref_gs, ref_gg = _reference(h, s, gamma, mask, normalize, grad_out)
 
     eps = tiny_value_of_dtype(h.dtype)
-    stats = kernels.layer_stats(h, mask, eps) if normalize else None
-    out = kernels.layer_mix_forward(h, s, gamma, stats)
-    gh, gs, gg = kernels.layer_mix_backward(grad_out, h, s, gamma, stats, mask)
+    stats = kernels.pooling_stats(h, mask, eps) if normalize else None
+    out = kernels.pooling_forward(h, s, gamma, stats)
+    gh, gs, gg = kernels.pooling_backward(grad_out, h, s, gamma, stats, mask)
 
     assert out.dtype == torch.float32 and out.shape == (N, H)
     torch.testing.assert_close(out, ref_out, **TIGHT)
@@ -199,9 +199,9 @@ def test_kernels_low_precision(L, N, H, dtype, normalize):
     theirs = _reference(h, s.to(dtype), gamma.to(dtype), mask, normalize, grad_out)
 
     eps = tiny_value_of_dtype(dtype)
-    stats = kernels.layer_stats(h, mask, eps) if normalize else None
-    out = kernels.layer_mix_forward(h, s, gamma, stats)
-    gh, gs, gg = kernels.layer_mix_backward(grad_out, h, s, gamma, stats, mask)
+    stats = kernels.pooling_stats(h, mask, eps) if normalize else None
+    out = kernels.pooling_forward(h, s, gamma, stats)
+    gh, gs, gg = kernels.pooling_backward(grad_out, h, s, gamma, stats, mask)
     assert out.dtype == dtype and gh.dtype == dtype
     assert gs.dtype == torch.float32 and gg.dtype == torch.float32
     for name, ours, ref, torch_lowp in zip(("out", "grad_h", "grad_s", "grad_gamma"), (out, gh, gs, gg), truth, theirs):
@@ -215,7 +215,7 @@ def test_layer_stats_merge_is_accurate(monkeypatch):
     monkeypatch.setattr(kernels, "_TILE", 64)
     h = (1000.0 + 0.01 * torch.randn(2, 33, 17, generator=_gen(5))).float()
     mask = _mask(33, seed=5)
-    stats = kernels.layer_stats(h, mask, 0.0)
+    stats = kernels.pooling_stats(h, mask, 0.0)
     real = h.double()[:, mask]
     torch.testing.assert_close(stats.mean.double(), real.mean((1, 2)), rtol=1e-7, atol=0)
     torch.testing.assert_close(stats.rstd.double(), real.var((1, 2), unbiased=False).rsqrt(), rtol=1e-3, atol=0)
@@ -227,11 +227,11 @@ def test_backward_skips_what_is_not_needed():
     s, gamma = _scalars(6, "softmax")
     grad_out = torch.randn(7, 17, generator=_gen(1))
     _, ref_gh, ref_gs, ref_gg = _reference(h, s, gamma, None, False, grad_out)
-    gh, gs, gg = kernels.layer_mix_backward(grad_out, h, s, gamma, need_input_grad=False)
+    gh, gs, gg = kernels.pooling_backward(grad_out, h, s, gamma, need_input_grad=False)
     assert gh is None
     torch.testing.assert_close(gs, ref_gs, **TIGHT)
     torch.testing.assert_close(gg, ref_gg, **TIGHT)
-    gh, gs, gg = kernels.layer_mix_backward(grad_out, h, s, gamma, need_scalar_grad=False)
+    gh, gs, gg = kernels.pooling_backward(grad_out, h, s, gamma, need_scalar_grad=False)
     assert gs is None and gg is None
     torch.testing.assert_close(gh, ref_gh, **TIGHT)
 
@@ -256,21 +256,21 @@ def test_kernel_launchers_reject_bad_inputs():
     h = _layers(3, 5, 4)
     s, gamma = _scalars(3, "softmax")
     with pytest.raises(ValueError, match=r"\(L, N, H\)"):
-        kernels.layer_mix_forward(h[0], s, gamma)
+        kernels.pooling_forward(h[0], s, gamma)
     with pytest.raises(ValueError, match="fp32, fp16 or bf16"):
-        kernels.layer_mix_forward(h.double(), s, gamma)
+        kernels.pooling_forward(h.double(), s, gamma)
     with pytest.raises(ValueError, match="unit feature stride"):
-        kernels.layer_mix_forward(h.transpose(1, 2), s, gamma)
+        kernels.pooling_forward(h.transpose(1, 2), s, gamma)
     with pytest.raises(ValueError, match=r"fp32 \(3,\)"):
-        kernels.layer_mix_forward(h, s[:2], gamma)
+        kernels.pooling_forward(h, s[:2], gamma)
     with pytest.raises(ValueError, match=r"fp32 \(3,\)"):
-        kernels.layer_mix_forward(h, s.half(), gamma)
+        kernels.pooling_forward(h, s.half(), gamma)
     with pytest.raises(ValueError, match="gamma"):
-        kernels.layer_mix_forward(h, s, torch.ones(2))
+        kernels.pooling_forward(h, s, torch.ones(2))
     with pytest.raises(ValueError, match="grad_out"):
-        kernels.layer_mix_backward(torch.ones(5, 3), h, s, gamma)
+        kernels.pooling_backward(torch.ones(5, 3), h, s, gamma)
     with pytest.raises(ValueError, match="one entry per token"):
-        kernels.layer_stats(h, torch.ones(4, dtype=torch.bool), 1e-13)
+        kernels.pooling_stats(h, torch.ones(4, dtype=torch.bool), 1e-13)
     with pytest.raises(ValueError, match="share shape"):
         kernels.stack_layers([h[0], h[1, :4]])
 
@@ -484,7 +484,7 @@ def test_layer_mix_function_gradients_reach_every_layer_view():
     buffer = _layers(4, 6, 5, seed=16).reshape(4, 2, 3, 5).requires_grad_()
     s = torch.softmax(torch.randn(4, generator=_gen(17)), 0).requires_grad_()
     gamma = torch.tensor([0.9], requires_grad=True)
-    out = LayerMix.apply(s, gamma, None, False, 0.0, torch.float32, *buffer.unbind(0))
+    out = PoolingFunction.apply(s, gamma, None, False, 0.0, torch.float32, *buffer.unbind(0))
     grad_out = torch.randn(2, 3, 5, generator=_gen(18))
     grads = torch.autograd.grad(out, (buffer, s, gamma), grad_out)
     ref = _reference(buffer.detach().reshape(4, 6, 5), s.detach(), gamma.detach(), None, False, grad_out.reshape(6, 5))

@@ -159,10 +159,8 @@ def fused_encoder_forward(
 
     Args:
         module: nertron's or Hugging Face's ``BertModel`` (right-padded masks only; see ``fusable``).
-        input_ids: (B, T) token ids.
-        attention_mask: (B, T) 1 for real tokens, right padding; None = all real.
-        token_type_ids: (B, T); None = zeros.
-        output_hidden_states: also return the embeddings output and every layer's output.
+        input_ids, attention_mask (right padding), token_type_ids, output_hidden_states: as
+            ``nertron.engine.bert.BertModel.forward``.
         layer_mix: optional (N + 1,) per-hidden-state coefficients (embeddings output first);
             returns ``sum_l layer_mix[l] * hidden_state_l`` accumulated in fp32.
         packed: run on real tokens only (default) or on the padded layout.

@@ -82,12 +82,28 @@ def _split_call(signature: inspect.Signature, args: tuple, kwargs: dict, served_
     return arguments, {k: v for k, v in arguments.items() if k not in served_args}
 
 
-def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
+# What a wrapper's ``serve`` returns for a call the kernels cannot serve.
+_NOT_SERVED = object()
+
+
+def _wrap(module: nn.Module, served_args: set[str], serve) -> None:
+    """Replace ``module.forward`` by a wrapper that binds each call and hands it to
+    ``serve(arguments, others)``, running the original forward when that returns ``_NOT_SERVED``."""
     original = module.forward
     signature = inspect.signature(original)
 
     def forward(*args: Any, **kwargs: Any):
-        arguments, others = _split_call(signature, args, kwargs, _FUSED_ARGS)
+        arguments, others = _split_call(signature, args, kwargs, served_args)
+        result = serve(arguments, others)
+        return original(*args, **kwargs) if result is _NOT_SERVED else result
+
+    forward.__wrapped__ = original
+    module._nertron_original_forward = original
+    module.forward = forward
+
+
+def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
+    def serve(arguments: dict, others: dict):
         input_ids = arguments.get("input_ids")
         attention_mask = arguments.get("attention_mask")
         served = (
@@ -101,7 +117,7 @@ def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
             and fusable(module, input_ids, attention_mask) is None
         )
         if not served:
-            return original(*args, **kwargs)
+            return _NOT_SERVED
         from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
         want_states = arguments.get("output_hidden_states")
@@ -115,12 +131,9 @@ def _wrap_hf_bert(module: nn.Module, backend: str) -> None:
             pooler_output=result.pooler_output,
             hidden_states=result.hidden_states,
         )
-        return_dict = arguments.get("return_dict")
-        return output.to_tuple() if return_dict is False else output
+        return output.to_tuple() if arguments.get("return_dict") is False else output
 
-    forward.__wrapped__ = original
-    module._nertron_original_forward = original
-    module.forward = forward
+    _wrap(module, _FUSED_ARGS, serve)
 
 
 # Arguments of BertEncoder.forward the fused layers serve (position_ids only matter to the
@@ -129,11 +142,7 @@ _ENCODER_ARGS = {"hidden_states", "attention_mask", "position_ids", "return_dict
 
 
 def _wrap_hf_bert_encoder(module: nn.Module, backend: str) -> None:
-    original = module.forward
-    signature = inspect.signature(original)
-
-    def forward(*args: Any, **kwargs: Any):
-        arguments, others = _split_call(signature, args, kwargs, _ENCODER_ARGS)
+    def serve(arguments: dict, others: dict):
         hidden_states = arguments.get("hidden_states")
         served = (
             isinstance(hidden_states, torch.Tensor)
@@ -143,20 +152,17 @@ def _wrap_hf_bert_encoder(module: nn.Module, backend: str) -> None:
             # transformers records hidden states / attentions with hooks on the layers: leave those calls alone
             and not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
         )
-        key_mask = None
-        if served:
-            key_mask, reason = encoder_key_mask(module, hidden_states, arguments.get("attention_mask"))
-            served = reason is None
         if not served:
-            return original(*args, **kwargs)
+            return _NOT_SERVED
+        key_mask, reason = encoder_key_mask(module, hidden_states, arguments.get("attention_mask"))
+        if reason is not None:
+            return _NOT_SERVED
         from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
-        last = fused_encoder_layers_forward(module, hidden_states, key_mask)
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=last)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=fused_encoder_layers_forward(module, hidden_states, key_mask))
 
-    forward.__wrapped__ = original
-    module._nertron_original_forward = original
-    module.forward = forward
+    _wrap(module, _ENCODER_ARGS, serve)
 
 
 def _replace_child(root: nn.Module, name: str, new: nn.Module) -> None:

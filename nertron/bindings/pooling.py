@@ -2,10 +2,10 @@
 
 Contents:
 
-* ``scalar_mix_torch``: the PyTorch reference, AllenNLP's ``ScalarMix.forward`` semantics
+* ``pooling_torch``: the PyTorch reference, AllenNLP's ``ScalarMix.forward`` semantics
   (including the masked ``do_layer_norm`` variant) with the mixing scalars given. It is the
   CPU path and the oracle of the kernel tests;
-* ``LayerMix``: the autograd Function over the Triton forward / backward kernels of
+* ``PoolingFunction``: the autograd Function over the Triton forward / backward kernels of
   :mod:`nertron.kernels.pooling`. It takes the mixing scalars ``s`` (fp32, (L,)) and returns
   their gradient; the mapping to the raw weights (softmax's Jacobian in softmax mode, the
   identity in "weighted" mode) is left to PyTorch autograd, an L-sized op;
@@ -32,8 +32,8 @@ from nertron.bindings import BACKENDS as _BACKENDS
 __all__ = [
     "ConfigurationError",
     "tiny_value_of_dtype",
-    "scalar_mix_torch",
-    "LayerMix",
+    "pooling_torch",
+    "PoolingFunction",
     "ScalarMix",
     "LayerPooling",
 ]
@@ -84,7 +84,7 @@ def tiny_value_of_dtype(dtype: torch.dtype) -> float:
 # --------------------------------------------------------------------------------------
 # PyTorch reference
 # --------------------------------------------------------------------------------------
-def scalar_mix_torch(
+def pooling_torch(
     tensors: Sequence[torch.Tensor],
     s: torch.Tensor,
     gamma: torch.Tensor,
@@ -144,10 +144,10 @@ def scalar_mix_torch(
 # --------------------------------------------------------------------------------------
 # autograd Function over the kernels
 # --------------------------------------------------------------------------------------
-class LayerMix(torch.autograd.Function):
+class PoolingFunction(torch.autograd.Function):
     """``gamma * sum_l s_l * y_l`` on the Triton kernels, differentiable in s, gamma and the layers.
 
-    ``LayerMix.apply(s, gamma, mask, do_layer_norm, eps, out_dtype, *layers)``:
+    ``PoolingFunction.apply(s, gamma, mask, do_layer_norm, eps, out_dtype, *layers)``:
 
     * ``s``: (L,) fp32 mixing scalars; ``gamma``: (1,) fp32;
     * ``mask``: ``(...)`` token mask for ``do_layer_norm`` (None: all tokens), not differentiated;
@@ -168,9 +168,9 @@ class LayerMix(torch.autograd.Function):
         h = k.stack_layers(layers)
         shape = layers[0].shape
         flat_mask = mask.reshape(-1) if mask is not None else None
-        stats = k.layer_stats(h, flat_mask, eps) if do_layer_norm else None
+        stats = k.pooling_stats(h, flat_mask, eps) if do_layer_norm else None
         # shape: (N, H)
-        out = k.layer_mix_forward(h, s, gamma, stats, out_dtype)
+        out = k.pooling_forward(h, s, gamma, stats, out_dtype)
         if stats is None:
             ctx.save_for_backward(h, s, gamma)
         else:
@@ -189,11 +189,11 @@ class LayerMix(torch.autograd.Function):
         h, s, gamma = saved[:3]
         stats = mask = None
         if ctx.do_layer_norm:
-            stats = k.LayerMixStats(mean=saved[3], rstd=saved[4], count=saved[5])
+            stats = k.PoolingStats(mean=saved[3], rstd=saved[4], count=saved[5])
             mask = saved[6] if ctx.has_mask else None
         need_input = any(ctx.needs_input_grad[6:])
         need_scalar = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_h, grad_s, grad_gamma = k.layer_mix_backward(
+        grad_h, grad_s, grad_gamma = k.pooling_backward(
             grad_out.reshape(-1, ctx.shape[-1]), h, s, gamma, stats, mask,
             need_input_grad=need_input, need_scalar_grad=need_scalar)
         if grad_gamma is not None:
@@ -323,9 +323,9 @@ class ScalarMix(nn.Module):
                     raise ValueError(f"mask must have shape {tuple(tensors[0].shape[:-1])}, got {tuple(mask.shape)}")
                 mask_arg = mask
             eps = tiny_value_of_dtype(tensors[0].dtype) if self.do_layer_norm else 0.0
-            return LayerMix.apply(normed_weights.float(), self.gamma.float(), mask_arg, self.do_layer_norm,
+            return PoolingFunction.apply(normed_weights.float(), self.gamma.float(), mask_arg, self.do_layer_norm,
                                   eps, out_dtype, *tensors)
-        return scalar_mix_torch(tensors, normed_weights, self.gamma, mask, self.do_layer_norm)
+        return pooling_torch(tensors, normed_weights, self.gamma, mask, self.do_layer_norm)
 
     def extra_repr(self) -> str:
         return f"mixture_size={self.mixture_size}, do_layer_norm={self.do_layer_norm}, backend={self.backend!r}"
@@ -399,8 +399,8 @@ class LayerPooling(nn.Module):
         s = self.mixing_scalars()
         gamma = self.gamma.float()
         if _want_triton(self.backend, layers, dtype):
-            return LayerMix.apply(s, gamma, None, False, 0.0, dtype, *layers)
-        return scalar_mix_torch(layers, s, gamma).to(dtype)
+            return PoolingFunction.apply(s, gamma, None, False, 0.0, dtype, *layers)
+        return pooling_torch(layers, s, gamma).to(dtype)
 
     def extra_repr(self) -> str:
         return (f"num_layers={self.num_layers}, mode={self.mode!r}, "

@@ -6,9 +6,35 @@ Subcommands import what they need when they run, so ``nertron --help`` starts in
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
+from collections.abc import Iterator, Sequence
+
+
+class _LazyChoices(Sequence[str]):
+    """argparse choices read from an object of a torch-heavy module (``MODEL_CLASSES``) only when
+    argparse checks a value or lists them, not when the parser is built (``--help`` stays fast).
+    Give the argument an explicit ``metavar``: argparse lists the choices for a default one."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def _values(self) -> list[str]:
+        return list(getattr(importlib.import_module(self.module), self.name))
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __getitem__(self, index):
+        return self._values()[index]
 
 
 def _cmd_convert_tf(args: argparse.Namespace) -> int:
@@ -110,8 +136,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          cache_features={"auto": "auto", "on": True, "off": False}[args.cache],
                          cache_dir=args.cache_dir)
     learner.fit(args.epochs, target_metric=args.target_metric, resume=args.resume)
-    if data.intent_vocab is not None:
-        (Path(args.output) / "intents.json").write_text(json.dumps(data.intent_vocab.names) + "\n")
     from nertron.engine.models import NerModel
 
     learner.model = NerModel.load(args.output, backend=args.backend).to(learner.device)
@@ -128,7 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from nertron.engine.data.loader import NerData
+    from nertron.engine.data.loader import IntentVocab, NerData
     from nertron.engine.data.readers import read_dataset
     from nertron.engine.data.vocab import LabelVocab
     from nertron.engine.learner import NerLearner
@@ -136,54 +160,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from nertron.engine.tokenizer import WordPieceTokenizer
 
     model = NerModel.load(args.model, checkpoint_dir=args.checkpoint, backend=args.backend)
-    vocab = LabelVocab.load(Path(args.model) / "labels.json")
+    if model.config.labels is None:
+        raise ValueError(f"{args.model}: the model has no label names (config.labels); save it with its labels")
+    vocab = LabelVocab(model.config.labels)
     dataset = read_dataset(args.data, args.format)
     tokenizer = WordPieceTokenizer.from_pretrained(model.config.checkpoint_dir)
     sentences = list(dataset)
     data = NerData.from_sentences(sentences, sentences, tokenizer, source_scheme=dataset.scheme or "IOB2",
                                   tag_scheme=model.config.tag_scheme, vocab=vocab)
-    _load_intents(data, args.model)
+    if model.intents is not None:
+        data.intent_vocab = IntentVocab(model.intents)
     learner = NerLearner(model, data, args.model, device=args.device, cache_features=False)
     print(_summary_table(f"{args.model} on {args.data}", learner.evaluate("valid")))
     return 0
 
 
-def _load_intents(data, model_dir) -> None:
-    import json
-
-    from nertron.engine.data.loader import IntentVocab
-
-    path = Path(model_dir) / "intents.json"
-    if path.is_file():
-        data.intent_vocab = IntentVocab(json.loads(path.read_text()))
-
-
-def _bench_script() -> Path:
-    """bench/report.py of the source checkout nertron runs from (nertron/../bench)."""
-    import nertron
-
-    return Path(nertron.__file__).resolve().parent.parent / "bench" / "report.py"
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    script = _bench_script()
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"the benchmark suite is not installed with nertron: {script} is missing. `nertron bench` runs "
-            "from a source checkout (git clone the repository, then pip install -e '.[bench]')"
-        )
-    spec = importlib.util.spec_from_file_location("nertron_bench_report", script)
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    argv = ["--sections", args.sections]
-    for flag, value in (("--device", args.device), ("--out", args.out), ("--threads", args.threads)):
+    try:
+        from nertron.bench.report import main
+    except ImportError as err:  # the baselines (transformers, pytorch-crf, matplotlib) are the bench extra
+        raise ImportError(f"nertron bench needs the benchmark extra: pip install 'nertron[bench]' ({err})") from err
+    argv = []
+    for flag, value in (("--sections", args.sections), ("--device", args.device), ("--out", args.out),
+                        ("--threads", args.threads)):
         if value is not None:
             argv += [flag, str(value)]
     argv += ["--quick"] if args.quick else []
     argv += ["--no-compile"] if args.no_compile else []
-    return report.main(argv)
+    return main(argv)
 
 
 def _cmd_tag(args: argparse.Namespace) -> int:
@@ -206,13 +210,13 @@ def _cmd_tag(args: argparse.Namespace) -> int:
             print(f"tagged {count} lines of {args.input} -> {output}", file=sys.stderr)
         return 0
 
-    from nertron.engine.tagger import Tagger, _open_out, format_record, read_lines
+    from nertron.engine.tagger import Tagger, format_record, open_output, read_lines
 
     tagger = Tagger.load(args.model, device=args.device, dtype=args.dtype, checkpoint=args.checkpoint,
                          batch_tokens=args.batch_tokens)
     texts = read_lines(args.input) if args.input is not None else args.texts
-    with _open_out(output) as out:
-        for text, result in tagger._tag_lines(texts):
+    with open_output(output) as out:
+        for text, result in tagger.tag_lines(texts):
             if fmt != "pretty":
                 out.write(format_record(text, result, fmt))
                 continue
@@ -227,6 +231,8 @@ def _cmd_tag(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from nertron._version import __version__
+    from nertron.bindings import BACKENDS
+    from nertron.engine.data.readers import FORMATS
 
     parser = argparse.ArgumentParser(prog="nertron", description="Kernel-optimised BERT named-entity recognition.")
     parser.add_argument("--version", action="version", version=f"nertron {__version__}")
@@ -257,9 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--values", type=int, default=6, help="how many values of each row to print")
     encode.set_defaults(run=_cmd_encode)
 
-    models = ("BertBiLSTMCRF", "BertBiLSTMAttnCRF", "BertAttnCRF", "BertBiLSTMAttnNMT", "BertBiLSTMAttnCRFJoint",
-              "BertBiLSTMAttnNMTJoint")
-    formats = ("auto", "conll", "atis", "factrueval", "csv")
+    models = _LazyChoices("nertron.engine.models", "MODEL_CLASSES")
+    formats = ("auto", *FORMATS)
     train = sub.add_parser("train", help="train a NER model", description="Train a ner-bert model on a dataset and "
                            "save the best checkpoint (by the target metric on the validation set).")
     train.add_argument("--train", required=True, help="training file (or FactRuEval folder)")
@@ -271,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test", default=None, help="test file (or folder), scored with the best model")
     train.add_argument("--format", choices=formats, default="auto")
     train.add_argument("--output", required=True, help="directory for the best model, its log and results")
-    train.add_argument("--model", choices=models, default="BertBiLSTMAttnCRF")
+    train.add_argument("--model", choices=models, default="BertBiLSTMAttnCRF", metavar="MODEL",
+                       help="the model class: one of %(choices)s")
     train.add_argument("--checkpoint", default=None, help="BERT checkpoint (default: the installed all-MiniLM-L6-v2)")
     train.add_argument("--tag-scheme", choices=("IOB2", "IOB1", "BIOES"), default="IOB2")
     train.add_argument("--epochs", type=int, default=10)
@@ -292,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "on the same data and encoder")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT's trainer state")
     train.add_argument("--device", default=None)
-    train.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+    train.add_argument("--backend", choices=BACKENDS, default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(run=_cmd_train)
 
@@ -303,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--format", choices=formats, default="auto")
     evaluate.add_argument("--checkpoint", default=None, help="BERT checkpoint, if it moved since training")
     evaluate.add_argument("--device", default=None)
-    evaluate.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
     evaluate.set_defaults(run=_cmd_eval)
 
     tag = sub.add_parser(
@@ -326,15 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--batch-tokens", type=int, default=4096, help="padded sub-tokens per batch")
     tag.set_defaults(run=_cmd_tag)
 
-    sections = "crf,pooling,attention,gemm,layernorm,encoder,e2e"
     bench = sub.add_parser("bench", help="run the benchmark suite (Markdown + JSON + plots)",
                            description="Benchmark every component (CRF, pooling, attention, GEMM, LayerNorm, "
                            "encoder, end-to-end tagger) against transformers / pytorch-crf baselines, eager and "
-                           "torch.compile, in one run on this device; needs the source checkout (bench/report.py).")
+                           "torch.compile, in one run on this device (nertron.bench.report; pip install 'nertron[bench]').")
     bench.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    bench.add_argument("--out", default=None, help="output directory (default: bench/results of the checkout)")
+    bench.add_argument("--out", default=None, help="output directory (default: bench/results)")
     bench.add_argument("--quick", action="store_true", help="tiny grid: a smoke test, not a measurement")
-    bench.add_argument("--sections", default=sections, help=f"comma-separated subset of {sections}")
+    bench.add_argument("--sections", default=None, help="comma-separated subset of the report's sections "
+                       "(default: all; an unknown name lists them)")
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     bench.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
     bench.set_defaults(run=_cmd_bench)

@@ -88,7 +88,7 @@ def write_shard(tagger: Tagger, in_path: str | Path, shard: str | Path, rank: in
         raise ValueError(f"unknown output format {format!r} for distributed tagging; expected jsonl or conll")
     count = 0
     with open(shard, "w", encoding="utf-8", newline="\n") as out:
-        for text, result in tagger._tag_lines(read_lines(in_path, stride=world_size, offset=rank), batch_tokens):
+        for text, result in tagger.tag_lines(read_lines(in_path, stride=world_size, offset=rank), batch_tokens):
             out.write(format_record(text, result, format))
             count += 1
     return count

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from nertron.engine.data.loader import NerData
 from nertron.engine.metrics import sentence_scores, span_scores, token_scores
-from nertron.engine.models import NerModel
+from nertron.engine.models import NerModel, write_atomic
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -230,7 +230,8 @@ class NerLearner:
             improved = self.best_metric is None or metric > self.best_metric
             if improved:
                 self.best_metric = metric
-                self.model.save(self.best_model_path, self.data.vocab)
+                intents = self.data.intent_vocab.names if self.data.intent_vocab is not None else None
+                self.model.save(self.best_model_path, self.data.vocab, intents=intents)
             record["best"] = improved
             self.history.append(record)
             with self.log_path.open("a", encoding="utf-8") as log:
@@ -316,9 +317,11 @@ class NerLearner:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def _save_trainer_state(self) -> None:
+        """What resuming needs and nothing else: the trained weights (not a frozen BERT's, which
+        the checkpoint holds), the optimizer, the schedule and the epoch; written atomically."""
         state = {"epoch": self.epoch, "best_metric": self.best_metric, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "model": self.model.state_dict()}
-        torch.save(state, self.best_model_path / TRAINER_STATE)
+                 "scheduler": self.scheduler.state_dict(), "model": self.model.trained_state_dict()}
+        write_atomic(self.best_model_path / TRAINER_STATE, lambda path: torch.save(state, path))
 
     def _resume(self) -> None:
         path = self.best_model_path / TRAINER_STATE
@@ -326,9 +329,13 @@ class NerLearner:
             raise FileNotFoundError(f"cannot resume: no {TRAINER_STATE} in {self.best_model_path}")
         state = torch.load(path, map_location=self.device, weights_only=True)
         try:
-            self.model.load_state_dict(state["model"])
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         except RuntimeError as err:
             raise ValueError(f"{path} was saved from a different model or label set: {err}") from None
+        missing = [k for k in missing if k in self.model.trained_state_dict()]  # a frozen BERT is not in it
+        if missing or unexpected:
+            raise ValueError(f"{path} was saved from a different model or label set: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_metric = state["epoch"], state["best_metric"]

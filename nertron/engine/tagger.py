@@ -5,17 +5,18 @@
     >>> tagger.tag("Angela Merkel met Emmanuel Macron in Paris.")
     [Entity(text='Angela Merkel', label='PER', start=0, end=13, score=0.99...), ...]
 
-Pipeline, per chunk of input (``tag_iter`` reads any iterable in bounded chunks):
+Pipeline, per chunk of input (``tag_iter`` reads any iterable in bounded chunks), on the
+batching path shared with training (``nertron.engine.batching``):
 
 1. texts are split into words with the tokenizer's pre-tokenisation (``split_text``), which
-   keeps each word's character offsets, and tokenised in one batched call;
+   keeps each word's character offsets, and tokenised in one batched call (``batching.encode``);
 2. a text longer than the model's positions is cut into overlapping windows on word
    boundaries (``WordPieceTokenizer.windows``): nothing is truncated;
 3. the windows are sorted by length and packed into batches under a padded-token budget
-   (``batch_tokens``); each batch runs BERT + the head, is decoded on the device (Viterbi
+   (``batch_tokens``; ``batching.bucket`` / ``collate``); each batch runs BERT + the head, is decoded on the device (Viterbi
    for CRF models, greedy for NMT models), and its entity spans and their scores are found
    there too, with one transfer back per batch;
-4. windows are merged (``merge_windows``: each word takes the tag of the window where it
+4. windows are merged (``batching.merge``: each word takes the tag of the window where it
    has most context) and results come back in input order.
 
 Entities
@@ -27,7 +28,7 @@ instead (``end`` exclusive). ``score`` is the model's probability of the entity'
 
 * CRF models: the exact CRF probability that words ``i..j`` carry the decoded tags,
   ``P(y_i..y_j | x)``, the tags outside the entity summed over (forward-backward, fp32, with
-  the same constrained transitions as the decoder; ``crf_span_log_probs``);
+  the same constrained transitions as the decoder; ``CRF.span_log_probs``);
 * NMT models: the product of the decoder's softmax probabilities of the entity's tags.
 
 In a text cut into windows, an entity is scored in the window that holds it whole and
@@ -47,12 +48,12 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from nertron.bindings.crf import crf_span_log_probs
-from nertron.engine.data.schemes import TagError, _end_of_chunk, _start_of_chunk, normalize_scheme, split_tag
+from nertron.engine import batching
 from nertron.engine.models import NerModel
-from nertron.engine.tokenizer import WordPieces, WordPieceTokenizer, merge_windows
+from nertron.engine.tokenizer import WordPieces, WordPieceTokenizer
+from nertron.tags import TagError, end_of_chunk, normalize_scheme, split_tag, start_of_chunk
 
-__all__ = ["Entity", "Tagger", "DEFAULT_MODEL_DIR"]
+__all__ = ["Entity", "TaggedText", "Tagger", "DEFAULT_MODEL_DIR", "read_lines", "open_output", "format_record"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "resources" / "default_model"
 DEFAULT_BATCH_TOKENS = 4096  # padded sub-tokens per batch
@@ -86,8 +87,8 @@ class Entity:
 
 
 @dataclass
-class _Tagged:
-    """One input's result: its words, one tag name per word, and its entities."""
+class TaggedText:
+    """One input's full result (``Tagger.tag_lines``): its words, one tag name per word, its entities."""
 
     words: list[str]
     tags: list[str]
@@ -121,32 +122,6 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
     return dtype
 
 
-def _check_text(index: int, text: Any) -> str:
-    if not isinstance(text, str):
-        raise TypeError(f"item {index} is {type(text).__name__}, not str: {text!r:.80}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(f"item {index} is not valid Unicode text: lone surrogate {text[err.start]!r} at "
-                         f"character {err.start} (cannot be encoded as UTF-8)") from None
-    return text
-
-
-def _check_words(index: int, words: Any) -> list[str]:
-    if isinstance(words, str) or not isinstance(words, Sequence):
-        raise TypeError(f"item {index} is {type(words).__name__}, not a list of words (str)")
-    for w, word in enumerate(words):
-        if not isinstance(word, str):
-            raise TypeError(f"item {index}: word {w} is {type(word).__name__}, not str: {word!r:.80}")
-        if not word:
-            raise ValueError(f"item {index}: word {w} is an empty string")
-        try:
-            word.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"item {index}: word {w} is not valid Unicode text (lone surrogate)") from None
-    return list(words)
-
-
 class _ChunkRules:
     """The conlleval chunk rules as lookup tables over tag ids, for span finding on the device.
 
@@ -165,8 +140,8 @@ class _ChunkRules:
         parsed.append(("O", ""))
         size = len(parsed)
         # shape: (K + 1, K + 1); [prev, cur]
-        self.starts = torch.tensor([[_start_of_chunk(p, c, pt, ct) for c, ct in parsed] for p, pt in parsed])
-        self.ends = torch.tensor([[_end_of_chunk(p, c, pt, ct) for c, ct in parsed] for p, pt in parsed])
+        self.starts = torch.tensor([[start_of_chunk(p, c, pt, ct) for c, ct in parsed] for p, pt in parsed])
+        self.ends = torch.tensor([[end_of_chunk(p, c, pt, ct) for c, ct in parsed] for p, pt in parsed])
         self.types = [t for _, t in parsed]
         self.outside = size - 1
         self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}
@@ -353,17 +328,25 @@ class Tagger:
         if str(in_path) != "-" and str(out_path) != "-" and Path(out_path).resolve() == Path(in_path).resolve():
             raise ValueError(f"the output {out_path} is the input file: writing it would erase the texts")
         count = 0
-        with _open_out(out_path) as out:
-            for text, result in self._tag_lines(read_lines(in_path), batch_tokens):
+        with open_output(out_path) as out:
+            for text, result in self.tag_lines(read_lines(in_path), batch_tokens):
                 out.write(format_record(text, result, format))
                 count += 1
         return count
 
-    # --- internals ------------------------------------------------------------------------------
+    def tag_lines(self, lines: Iterable[str], batch_tokens: int | None = None,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[tuple[str, TaggedText]]:
+        """Each text with its full result (words, tags, entities), lazily, in input order.
 
-    def _tag_lines(self, lines: Iterable[str], batch_tokens: int | None = None,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[tuple[str, _Tagged]]:
-        """(text, result) for each line, in order (the file and distributed paths)."""
+        What ``tag_file``, ``nertron tag`` and the distributed tagger write (``format_record``).
+
+        Args:
+            lines: an iterable of str (e.g. ``read_lines(path)``).
+            batch_tokens, chunk_size: as for ``tag_iter``.
+
+        Yields:
+            ``(text, TaggedText)`` pairs, one per input text.
+        """
         pending: deque[str] = deque()  # the lines read but not yet returned (at most a chunk)
 
         def remember(stream: Iterable[str]) -> Iterator[str]:
@@ -374,8 +357,10 @@ class Tagger:
         for result in self._stream(remember(lines), words=False, batch_tokens=batch_tokens, chunk_size=chunk_size):
             yield pending.popleft(), result
 
+    # --- internals ------------------------------------------------------------------------------
+
     def _stream(self, items: Iterable, words: bool, batch_tokens: int | None = None,
-                chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[_Tagged]:
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[TaggedText]:
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         budget = self.batch_tokens if batch_tokens is None else batch_tokens
@@ -386,7 +371,7 @@ class Tagger:
         while True:
             chunk, chars = [], 0
             for item in iterator:
-                item = _check_words(index, item) if words else _check_text(index, item)
+                item = batching.check_words_item(index, item) if words else batching.check_text(index, item)
                 chunk.append(item)
                 index += 1
                 chars += len(item)
@@ -398,59 +383,21 @@ class Tagger:
             if len(chunk) < chunk_size and chars < MAX_CHUNK_CHARS:
                 return
 
-    def _encode(self, chunk: list, words: bool) -> list[WordPieces | None]:
-        """Tokenise a chunk in one batched call; None for an input without words.
-
-        Texts go through ``encode_text``'s steps (``split_text``, then the backend on the words,
-        then ``_assemble``), with one ``encode_batch`` for the chunk instead of one call a text.
-        """
-        if words:
-            present = [n for n, sentence in enumerate(chunk) if sentence]
-            encoded = self.tokenizer.encode_words_batch([chunk[n] for n in present])
-        else:
-            # encode_text, batched: split into words (keeping offsets), then one encode_batch
-            splits = [self.tokenizer.split_text(text) for text in chunk]
-            present = [n for n, offsets in enumerate(splits) if offsets]
-            word_lists = [[chunk[n][a:b] for a, b in splits[n]] for n in present]
-            encodings = self.tokenizer._backend.encode_batch(word_lists, is_pretokenized=True,
-                                                             add_special_tokens=False) if word_lists else []
-            encoded = [self.tokenizer._assemble(w, splits[n], chunk[n], e, drop_empty=True)
-                       for n, w, e in zip(present, word_lists, encodings)]
-        pieces: list[WordPieces | None] = [None] * len(chunk)
-        for n, p in zip(present, encoded):
-            pieces[n] = p if p.words else None
-        return pieces
-
-    def _tag_chunk(self, chunk: list, words: bool, budget: int) -> list[_Tagged]:
-        pieces = self._encode(chunk, words)
-        units: list[_Unit] = []
+    def _tag_chunk(self, chunk: list, words: bool, budget: int) -> list[TaggedText]:
+        pieces = batching.encode(self.tokenizer, chunk, words)
+        units = [_Unit(window.item, window.number, window.pieces)
+                 for window in batching.split_windows(self.tokenizer, pieces)]
         windows_of: list[list[_Unit]] = [[] for _ in chunk]
-        for n, p in enumerate(pieces):
-            if p is None:
-                continue
-            for k, window in enumerate(self.tokenizer.windows(p)):
-                unit = _Unit(n, k, window)
-                units.append(unit)
-                windows_of[n].append(unit)
+        for unit in units:
+            windows_of[unit.item].append(unit)
         multi = {n for n, group in enumerate(windows_of) if len(group) > 1}
-        order = sorted(range(len(units)), key=lambda u: len(units[u].window.input_ids))
-        batch: list[_Unit] = []
-        longest = 0
-        for u in order:
-            unit = units[u]
-            length = len(unit.window.input_ids) + 2
-            if batch and max(longest, length) * (len(batch) + 1) > budget:
-                self._run_batch(batch, multi)
-                batch, longest = [], 0
-            batch.append(unit)
-            longest = max(longest, length)
-        if batch:
-            self._run_batch(batch, multi)
+        for group in batching.bucket([len(unit.window.input_ids) for unit in units], budget):
+            self._run_batch([units[u] for u in group], multi)
         results = []
         for n, item in enumerate(chunk):
             p = pieces[n]
             if p is None:
-                results.append(_Tagged([], [], []))
+                results.append(TaggedText([], [], []))
             elif n in multi:
                 results.append(self._merge(p, windows_of[n], item, words))
             else:
@@ -458,22 +405,11 @@ class Tagger:
                 results.append(self._result(p, unit.tags, unit.entities, item, words))
         return results
 
-    def _collate(self, units: list[_Unit]) -> dict[str, Tensor]:
-        batch = self.tokenizer.batch([unit.window for unit in units])
-        width = max(len(unit.window.word_spans) for unit in units)
-        word_index = torch.zeros(len(units), width, dtype=torch.long)
-        word_mask = torch.zeros(len(units), width, dtype=torch.bool)
-        for row, unit in enumerate(units):
-            starts = unit.window.word_starts
-            word_index[row, :len(starts)] = torch.tensor(starts) + 1  # +1: [CLS] comes first
-            word_mask[row, :len(starts)] = True
-        batch.update(word_index=word_index, word_mask=word_mask)
-        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-
     @torch.inference_mode()
     def _run_batch(self, units: list[_Unit], multi: set[int]) -> None:
         """Run one batch; store each window's word tags and its entities with scores."""
-        batch = self._collate(units)
+        batch = batching.collate(self.tokenizer, [unit.window for unit in units])
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
         mask = batch["word_mask"]  # shape: (B, W)
         autocast = self.dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
@@ -506,8 +442,7 @@ class Tagger:
     def _span_log_probs(self, scores: Tensor, mask: Tensor, tags: Tensor, spans: Tensor) -> Tensor:
         """``(N,)`` log-probabilities of the spans' tags (see the module doc)."""
         if self.model.decoder == "crf":
-            start, end, transitions = self.model.crf._scores(constrained=True)
-            return crf_span_log_probs(scores, mask, tags, spans, start.float(), end.float(), transitions.float())
+            return self.model.crf.span_log_probs(scores, tags, spans, mask)
         if spans.shape[0] == 0:
             return scores.new_zeros((0,))
         # shape: (B, W): log-probability of each decoded tag
@@ -518,11 +453,11 @@ class Tagger:
         values = picked[b.unsqueeze(1), positions.clamp(max=picked.shape[1] - 1)]
         return torch.where(inside, values, values.new_zeros(())).sum(1)
 
-    def _merge(self, pieces: WordPieces, units: list[_Unit], item: Any, words: bool) -> _Tagged:
+    def _merge(self, pieces: WordPieces, units: list[_Unit], item: Any, words: bool) -> TaggedText:
         """Merge the windows of a long input; score each entity in the window that owns it."""
         units = sorted(units, key=lambda unit: unit.number)
         windows = [unit.window for unit in units]
-        merged = merge_windows(pieces, windows, [[(tag, k) for tag in unit.tags] for k, unit in enumerate(units)])
+        merged = batching.merge(pieces, windows, [[(tag, k) for tag in unit.tags] for k, unit in enumerate(units)])
         tags = [tag for tag, _ in merged]
         owner = [k for _, k in merged]
         tag_tensor = torch.tensor([tags])
@@ -568,7 +503,7 @@ class Tagger:
         return self._result(pieces, tags, entities, item, words)
 
     def _result(self, pieces: WordPieces, tags: list[int], entities: list[tuple[int, int, int, float]],
-                item: Any, words: bool) -> _Tagged:
+                item: Any, words: bool) -> TaggedText:
         found = []
         for label, first, last, prob in entities:
             kind = self._rules.types[label]
@@ -578,7 +513,7 @@ class Tagger:
                 start, end = pieces.word_offsets[first][0], pieces.word_offsets[last][1]
                 found.append(Entity(item[start:end], kind, start, end, prob))
         names = [self.labels[t] for t in tags]
-        return _Tagged(list(pieces.words), names, found)
+        return TaggedText(list(pieces.words), names, found)
 
 
 # --- file helpers (shared with nertron.engine.distributed) ---------------------------------------
@@ -617,7 +552,9 @@ def read_lines(path: str | Path, stride: int = 1, offset: int = 0) -> Iterator[s
             handle.close()
 
 
-def _open_out(path: str | Path) -> IO[str]:
+def open_output(path: str | Path) -> IO[str]:
+    """A UTF-8 text file to write (``\\n`` line ends), or for ``-`` standard output (left open
+    when the ``with`` block ends, only flushed)."""
     if str(path) == "-":
         return _Unclosed(sys.stdout)
     return open(path, "w", encoding="utf-8", newline="\n")
@@ -636,7 +573,7 @@ class _Unclosed(io.TextIOBase):
         self._stream.flush()
 
 
-def format_record(text: str, result: _Tagged, format: str) -> str:
+def format_record(text: str, result: TaggedText, format: str) -> str:
     """One input's output record: a JSON line (``jsonl``) or a CoNLL block (``conll``)."""
     if format == "jsonl":
         return json.dumps({"text": text, "entities": [e.to_dict() for e in result.entities]},

@@ -61,6 +61,7 @@ __all__ = [
     "align_labels",
     "merge_subtoken_predictions",
     "merge_windows",
+    "check_words",
 ]
 
 CONTINUATION_LABEL = "X"  # string label of continuation sub-tokens (the ner-bert seed's convention)
@@ -268,7 +269,7 @@ class WordPieceTokenizer:
             ValueError: no words ("empty text"), or an empty word (its index is named).
             TypeError: ``words`` is a str or holds a non-str.
         """
-        _check_words(words)
+        check_words(words)
         encoding = self._backend.encode(list(words), is_pretokenized=True, add_special_tokens=False)
         return self._assemble(list(words), _joined_offsets(words), " ".join(words), encoding)
 
@@ -283,7 +284,7 @@ class WordPieceTokenizer:
         """
         if isinstance(sentences, str):
             raise TypeError("encode_words_batch takes a list of word lists, not a str")
-        sentences = [list(_check_words(words, f"sentence {n}: ")) for n, words in enumerate(sentences)]
+        sentences = [list(check_words(words, f"sentence {n}: ")) for n, words in enumerate(sentences)]
         if not sentences:
             return []
         encodings = self._backend.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
@@ -309,15 +310,42 @@ class WordPieceTokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode_text takes a str, got {type(text).__name__}")
-        offsets = self.split_text(text)
-        if not offsets:
-            raise ValueError("empty text: nothing to tokenise" + (f" in {text!r}" if text else ""))
-        words = [text[start:end] for start, end in offsets]
-        encoding = self._backend.encode(words, is_pretokenized=True, add_special_tokens=False)
-        pieces = self._assemble(words, offsets, text, encoding, drop_empty=True)
+        pieces = self.encode_text_batch([text])[0]
         if not pieces.words:
+            if not self.split_text(text):
+                raise ValueError("empty text: nothing to tokenise" + (f" in {text!r}" if text else ""))
             raise ValueError(f"empty text: {text!r} has only characters that BERT's normaliser removes")
         return pieces
+
+    def encode_text_batch(self, texts: Sequence[str]) -> list[WordPieces]:
+        """``encode_text`` for many texts at once (one ``encode_batch`` call, parallel in Rust).
+
+        Args:
+            texts: N texts.
+
+        Returns:
+            N WordPieces, offsets into each text. Unlike ``encode_text``, a text without words
+            (empty, whitespace, or only characters the normaliser removes) does not raise: its
+            WordPieces has no words.
+
+        Raises:
+            TypeError: ``texts`` is a str, or holds a non-str (its index is named).
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode_text_batch takes a list of texts, not a str; use encode_text for one text")
+        texts = list(texts)
+        for n, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text {n}: encode_text_batch takes str, got {type(text).__name__}")
+        splits = [self.split_text(text) for text in texts]
+        word_lists = [[text[a:b] for a, b in offsets] for text, offsets in zip(texts, splits)]
+        present = [n for n, words in enumerate(word_lists) if words]
+        encodings = self._backend.encode_batch([word_lists[n] for n in present], is_pretokenized=True,
+                                               add_special_tokens=False) if present else []
+        result = [WordPieces([], [], [], [], [], [], text) for text in texts]
+        for n, encoding in zip(present, encodings):
+            result[n] = self._assemble(word_lists[n], splits[n], texts[n], encoding, drop_empty=True)
+        return result
 
     def split_text(self, text: str) -> list[tuple[int, int]]:
         """Split raw text into CoNLL-like words; return their (start, end) character offsets.
@@ -658,16 +686,23 @@ _CLEANER = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=Fals
 _PRE_TOKENIZER = pre_tokenizers.BertPreTokenizer()
 
 
-def _check_words(words: Any, where: str = "") -> Sequence[str]:
+def check_words(words: Any, where: str = "", allow_empty: bool = False) -> Sequence[str]:
+    """``words`` if it is a sequence of non-empty str; else TypeError / ValueError prefixed by ``where``.
+
+    Args:
+        words: the words to check.
+        where: a prefix naming the input in messages (``"sentence 3: "``).
+        allow_empty: accept an empty sequence (else "empty text").
+    """
     if isinstance(words, str):
         raise TypeError(f"{where}encode_words takes a list of words, not a str; use encode_text for raw text")
     if not isinstance(words, Sequence):
         raise TypeError(f"{where}encode_words takes a list of str, got {type(words).__name__}")
-    if len(words) == 0:
+    if len(words) == 0 and not allow_empty:
         raise ValueError(f"{where}empty text: no words to tokenise")
     for i, word in enumerate(words):
         if not isinstance(word, str):
-            raise TypeError(f"{where}word {i} is {type(word).__name__}, not str: {word!r}")
+            raise TypeError(f"{where}word {i} is {type(word).__name__}, not str: {word!r:.80}")
         if not word:
             raise ValueError(f"{where}word {i} is an empty string")
     return words

@@ -47,6 +47,15 @@ are all ``-inf`` (a tag that no allowed transition reaches) uses 0 as its shift 
 yields ``-inf`` instead of NaN. Disallowed transitions (constrained decoding) are passed
 in as ``-inf`` transition/start/end scores by the caller.
 
+The three kernels share these pieces as ``@triton.jit`` helpers (inlined by the compiler,
+so the generated code is that of the copies they replace): ``_load_scores`` (a ``-inf``
+padded fp32 row), ``_load_emissions`` (a 0-padded fp32 emission row), ``_load_transitions``
+(the masked ``TILE x TILE`` transition tile, ``-inf`` padded, fp32), ``_safe_shift`` (the
+shift of 0 above), ``_lse_tile`` (log-sum-exp of a tile along an axis), ``_lse_init`` /
+``_lse_update`` / ``_lse_finish`` (the online log-sum-exp across tiles), ``_first_step``
+(start + first emission), ``_sequence`` (a sequence's int64 index, length, emission row)
+and, in the backward kernel, ``_unary_marginal`` and ``_accumulate``.
+
 Masks: the kernels take per-sequence lengths, i.e. they assume prefix masks (ones then
 zeros), exactly as ``pytorch-crf``'s ``decode`` does (it uses ``mask.sum(0)``). Steps at
 or beyond a sequence's length are neither read nor written (outputs there are whatever
@@ -71,6 +80,124 @@ import triton.language as tl
 
 
 # --------------------------------------------------------------------------------------
+# shared pieces of the kernels (inlined by the compiler)
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _tags(t0, offs, K):
+    """Tag indices ``t0 .. t0 + TILE - 1`` of a tile and their in-range mask."""
+    k = t0 + offs
+    return k, k < K
+
+
+@triton.jit
+def _load_scores(ptr, offs, mask):
+    """fp32 scores ``ptr[offs]`` (start/end scores, alpha/beta/Viterbi rows); padded tags
+    load as ``-inf``, so they never win a max nor add mass to a log-sum-exp."""
+    return tl.load(ptr + offs, mask=mask, other=float("-inf")).to(tl.float32)
+
+
+@triton.jit
+def _load_emissions(emis_row, t, emis_t_stride, emis_k_stride, offs, mask):
+    """fp32 emission scores of step ``t`` for the tags ``offs`` (padded tags load as 0)."""
+    return tl.load(emis_row + t * emis_t_stride + offs * emis_k_stride, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_transitions(trans_ptr, i, j, im, jm, K):
+    """fp32 ``(TILE_i, TILE_j)`` tile ``transitions[i, j]`` (i -> j) of the row-major
+    ``(K, K)`` matrix; padded source or target tags load as ``-inf``."""
+    return tl.load(trans_ptr + i[:, None] * K + j[None, :],
+                   mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
+
+
+@triton.jit
+def _safe_shift(m):
+    """Shift of a log-sum-exp whose max is ``m``: 0 where ``m`` is -inf (all inputs -inf,
+    a tag no allowed transition reaches), so that the result is -inf instead of NaN."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _lse_tile(x, AXIS: tl.constexpr):
+    """Log-sum-exp of the 2-D tile ``x`` along ``AXIS``, with its shift and ``exp(x - shift)``
+    (the backward kernel reuses both for the pairwise marginals)."""
+    shift = _safe_shift(tl.max(x, axis=AXIS))
+    ex = tl.exp(x - tl.expand_dims(shift, AXIS))
+    return shift + tl.log(tl.sum(ex, axis=AXIS)), shift, ex
+
+
+@triton.jit
+def _lse_init(TILE: tl.constexpr):
+    """An empty online log-sum-exp ``(m, s)`` per lane: max -inf, sum 0."""
+    return tl.full((TILE,), float("-inf"), tl.float32), tl.zeros((TILE,), tl.float32)
+
+
+@triton.jit
+def _lse_update(m, s, x, AXIS: tl.constexpr):
+    """Online log-sum-exp: fold the 2-D tile ``x`` along ``AXIS`` into the running max ``m``
+    and sum ``s`` (of ``exp(. - shift(m))``); returns the new ``(m, s)``."""
+    m_new = tl.maximum(m, tl.max(x, axis=AXIS))
+    shift = _safe_shift(m_new)
+    s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - tl.expand_dims(shift, AXIS)), axis=AXIS)
+    return m_new, s
+
+
+@triton.jit
+def _lse_finish(m, s):
+    """The log-sum-exp of an online ``(m, s)`` pair."""
+    return _safe_shift(m) + tl.log(s)
+
+
+@triton.jit
+def _sequence(b, len_ptr, emis_ptr, emis_b_stride):
+    """Sequence ``b``: its index as int64, its length (int64: ``t * emis_t_stride`` may
+    pass 2^31) and the pointer to its emission rows."""
+    b64 = tl.cast(b, tl.int64)
+    length = tl.load(len_ptr + b64).to(tl.int64)
+    return b64, length, emis_ptr + b64 * emis_b_stride
+
+
+@triton.jit
+def _sequence_grad_inputs(b64, logz_ptr, glogz_ptr, alpha_ptr, alpha_b_stride, gemis_ptr, gemis_b_stride):
+    """Backward kernel, sequence ``b64``: log Z, the upstream gradient, and pointers to its
+    alpha rows and its emission-gradient rows."""
+    logz = tl.load(logz_ptr + b64)
+    g = tl.load(glogz_ptr + b64)
+    return logz, g, alpha_ptr + b64 * alpha_b_stride, gemis_ptr + b64 * gemis_b_stride
+
+
+@triton.jit
+def _first_step(start_ptr, emis_row, emis_t_stride, emis_k_stride, offs, mask):
+    """Scores of step 0 (start score + first emission) of the tags ``offs``, fp32."""
+    e = _load_emissions(emis_row, 0, emis_t_stride, emis_k_stride, offs, mask)
+    return _load_scores(start_ptr, offs, mask) + e
+
+
+@triton.jit
+def _store_first_step(row, emis_row, emis_t_stride, emis_k_stride, start_ptr, K, offs,
+                      TILE: tl.constexpr):
+    """Tiled path: ``row[k] =`` the scores of step 0 of every tag ``k``."""
+    for j0 in range(0, K, TILE):
+        j, jm = _tags(j0, offs, K)
+        tl.store(row + j, _first_step(start_ptr, emis_row, emis_t_stride, emis_k_stride, j, jm), mask=jm)
+
+
+@triton.jit
+def _accumulate(ptrs, x, mask):
+    """``ptrs[...] += x`` (a program's own partial sums: no other program writes them)."""
+    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + x, mask=mask)
+
+
+@triton.jit
+def _unary_marginal(g_row, t, gemis_t_stride, offs, mask, alpha, beta, logz, g):
+    """Upstream-scaled unary marginal ``g * exp(alpha_t + beta_t - log Z)`` of step ``t``
+    (= d/d emissions), stored into the emission-gradient row and returned (fp32)."""
+    p = tl.exp(alpha + beta - logz) * g
+    tl.store(g_row + t * gemis_t_stride + offs, p.to(g_row.dtype.element_ty), mask=mask)
+    return p
+
+
+# --------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------
 @triton.jit
@@ -84,64 +211,47 @@ def _crf_viterbi_kernel(
     SINGLE_TILE: tl.constexpr,
     TILE: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    length = tl.load(len_ptr + b).to(tl.int64)  # int64 steps: t * emis_t_stride may pass 2^31
+    b, length, emis_row = _sequence(tl.program_id(0), len_ptr, emis_ptr, emis_b_stride)
     offs = tl.arange(0, TILE)
-    emis_row = emis_ptr + b * emis_b_stride
     buf = score_buf_ptr + b * 2 * K  # two rows (ping-pong) of fp32 Viterbi scores
     bp_row = bp_ptr + b * bp_b_stride
 
     if SINGLE_TILE:
         # K <= TILE: the scores stay in registers, the transition tile is loaded once
-        j = offs
-        jm = j < K
-        tr = tl.load(trans_ptr + j[:, None] * K + j[None, :],
-                     mask=jm[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
-        e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-        score = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32) + e
+        j, jm = _tags(0, offs, K)
+        tr = _load_transitions(trans_ptr, j, j, jm, jm, K)
+        score = _first_step(start_ptr, emis_row, emis_t_stride, emis_k_stride, j, jm)
         for t in range(1, length):
             # emission loads do not depend on the recursion and can be issued early
-            e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+            e = _load_emissions(emis_row, t, emis_t_stride, emis_k_stride, j, jm)
             x = score[:, None] + tr
             arg = tl.argmax(x, axis=0)
             score = tl.max(x, axis=0) + e
             tl.store(bp_row + t * bp_t_stride + j, arg.to(bp_ptr.dtype.element_ty), mask=jm)
-        best_v = score + tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+        best_v = score + _load_scores(end_ptr, j, jm)
         best_i = j
         tl.debug_barrier()  # back-pointers written by all lanes, read back below
     else:
-        # t = 0: start score + first emission
-        for j0 in range(0, K, TILE):
-            j = j0 + offs
-            jm = j < K
-            e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-            s = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-            tl.store(buf + j, s + e, mask=jm)
+        _store_first_step(buf, emis_row, emis_t_stride, emis_k_stride, start_ptr, K, offs, TILE)
         tl.debug_barrier()
 
         for t in range(1, length):
             prev = buf + ((t - 1) % 2) * K
             cur = buf + (t % 2) * K
             for j0 in range(0, K, TILE):
-                j = j0 + offs
-                jm = j < K
+                j, jm = _tags(j0, offs, K)
                 best = tl.full((TILE,), float("-inf"), tl.float32)
                 arg = tl.zeros((TILE,), tl.int32)
                 for i0 in range(0, K, TILE):
-                    i = i0 + offs
-                    im = i < K
-                    # padded source tags load as -inf so they never win the max
-                    a = tl.load(prev + i, mask=im, other=float("-inf"))
-                    tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
-                                 mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
-                    x = a[:, None] + tr
+                    i, im = _tags(i0, offs, K)
+                    x = _load_scores(prev, i, im)[:, None] + _load_transitions(trans_ptr, i, j, im, jm, K)
                     v = tl.max(x, axis=0)
                     ix = tl.argmax(x, axis=0) + i0
                     upd = v > best  # strict: the first (lowest) source tag wins ties, like torch.max
                     best = tl.where(upd, v, best)
                     arg = tl.where(upd, ix, arg)
                 # the emission does not depend on the source tag: add it after the max
-                e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
+                e = _load_emissions(emis_row, t, emis_t_stride, emis_k_stride, j, jm)
                 tl.store(cur + j, best + e, mask=jm)
                 tl.store(bp_row + t * bp_t_stride + j, arg.to(bp_ptr.dtype.element_ty), mask=jm)
             tl.debug_barrier()
@@ -151,10 +261,8 @@ def _crf_viterbi_kernel(
         best_v = tl.full((TILE,), float("-inf"), tl.float32)
         best_i = tl.zeros((TILE,), tl.int32)
         for j0 in range(0, K, TILE):
-            j = j0 + offs
-            jm = j < K
-            v = tl.load(last + j, mask=jm, other=float("-inf")) + \
-                tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+            j, jm = _tags(j0, offs, K)
+            v = _load_scores(last, j, jm) + _load_scores(end_ptr, j, jm)
             upd = v > best_v
             best_v = tl.where(upd, v, best_v)
             best_i = tl.where(upd, j, best_i)
@@ -182,39 +290,27 @@ def _crf_forward_kernel(
     SINGLE_TILE: tl.constexpr,
     TILE: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    length = tl.load(len_ptr + b).to(tl.int64)  # int64 steps: t * emis_t_stride may pass 2^31
+    b, length, emis_row = _sequence(tl.program_id(0), len_ptr, emis_ptr, emis_b_stride)
     offs = tl.arange(0, TILE)
-    emis_row = emis_ptr + b * emis_b_stride
     a_row = alpha_ptr + b * alpha_b_stride
 
     if SINGLE_TILE:
         # K <= TILE: alpha stays in registers, the transition tile is loaded once
-        j = offs
-        jm = j < K
-        tr = tl.load(trans_ptr + j[:, None] * K + j[None, :],
-                     mask=jm[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
-        e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-        alpha = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32) + e
+        j, jm = _tags(0, offs, K)
+        tr = _load_transitions(trans_ptr, j, j, jm, jm, K)
+        alpha = _first_step(start_ptr, emis_row, emis_t_stride, emis_k_stride, j, jm)
         if STORE_ALPHA:
             tl.store(a_row + j, alpha, mask=jm)
         for t in range(1, length):
-            e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-            x = alpha[:, None] + tr
-            m = tl.max(x, axis=0)
-            m_safe = tl.where(m == float("-inf"), 0.0, m)  # all -inf: shift 0, result -inf
-            alpha = m_safe + tl.log(tl.sum(tl.exp(x - m_safe[None, :]), axis=0)) + e
+            e = _load_emissions(emis_row, t, emis_t_stride, emis_k_stride, j, jm)
+            lse, _shift, _ex = _lse_tile(alpha[:, None] + tr, 0)
+            alpha = lse + e
             if STORE_ALPHA:
                 tl.store(a_row + t * alpha_t_stride + j, alpha, mask=jm)
-        m = alpha + tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+        m = alpha + _load_scores(end_ptr, j, jm)
         s = tl.full((TILE,), 1.0, tl.float32)
     else:
-        for j0 in range(0, K, TILE):
-            j = j0 + offs
-            jm = j < K
-            e = tl.load(emis_row + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-            s = tl.load(start_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-            tl.store(a_row + j, s + e, mask=jm)
+        _store_first_step(a_row, emis_row, emis_t_stride, emis_k_stride, start_ptr, K, offs, TILE)
         tl.debug_barrier()
 
         for t in range(1, length):
@@ -225,46 +321,28 @@ def _crf_forward_kernel(
                 prev = a_row + ((t - 1) % 2) * alpha_t_stride
                 cur = a_row + (t % 2) * alpha_t_stride
             for j0 in range(0, K, TILE):
-                j = j0 + offs
-                jm = j < K
-                m = tl.full((TILE,), float("-inf"), tl.float32)
-                s = tl.zeros((TILE,), tl.float32)
-                for i0 in range(0, K, TILE):
-                    i = i0 + offs
-                    im = i < K
-                    a = tl.load(prev + i, mask=im, other=float("-inf"))
-                    tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
-                                 mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
-                    x = a[:, None] + tr
-                    # online log-sum-exp over source tiles; shift 0 when everything is -inf
-                    m_new = tl.maximum(m, tl.max(x, axis=0))
-                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                    s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[None, :]), axis=0)
-                    m = m_new
-                m_safe = tl.where(m == float("-inf"), 0.0, m)
-                e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-                tl.store(cur + j, m_safe + tl.log(s) + e, mask=jm)
+                j, jm = _tags(j0, offs, K)
+                m, s = _lse_init(TILE)
+                for i0 in range(0, K, TILE):  # online log-sum-exp over source tiles
+                    i, im = _tags(i0, offs, K)
+                    x = _load_scores(prev, i, im)[:, None] + _load_transitions(trans_ptr, i, j, im, jm, K)
+                    m, s = _lse_update(m, s, x, 0)
+                e = _load_emissions(emis_row, t, emis_t_stride, emis_k_stride, j, jm)
+                tl.store(cur + j, _lse_finish(m, s) + e, mask=jm)
             tl.debug_barrier()
 
         if STORE_ALPHA:
             last = a_row + (length - 1) * alpha_t_stride
         else:
             last = a_row + ((length - 1) % 2) * alpha_t_stride
-        m = tl.full((TILE,), float("-inf"), tl.float32)
-        s = tl.zeros((TILE,), tl.float32)
-        for j0 in range(0, K, TILE):
-            j = j0 + offs
-            jm = j < K
-            x = tl.load(last + j, mask=jm, other=float("-inf")) + \
-                tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, x)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
-            m = m_new
-    mx = tl.max(m, axis=0)
-    mx_safe = tl.where(mx == float("-inf"), 0.0, mx)
-    total = tl.sum(s * tl.exp(m - mx_safe), axis=0)
-    tl.store(logz_ptr + b, mx_safe + tl.log(total))
+        m, s = _lse_init(TILE)
+        for j0 in range(0, K, TILE):  # per lane, reduced across lanes below
+            j, jm = _tags(j0, offs, K)
+            x = _load_scores(last, j, jm) + _load_scores(end_ptr, j, jm)
+            m, s = _lse_update(m, s, x[None, :], 0)
+    mx_shift = _safe_shift(tl.max(m, axis=0))
+    total = tl.sum(s * tl.exp(m - mx_shift), axis=0)
+    tl.store(logz_ptr + b, mx_shift + tl.log(total))
 
 
 @triton.jit
@@ -310,92 +388,74 @@ def _crf_backward_kernel(
     if SINGLE_TILE:
         # K <= TILE: beta and the (K, K) / (K,) gradient accumulators stay in registers
         # for all the sequences of this program; written once at the end
-        i = offs
-        im = i < K
-        msk = im[:, None] & im[None, :]
-        tr = tl.load(trans_ptr + i[:, None] * K + i[None, :], mask=msk, other=float("-inf")).to(tl.float32)
-        en = tl.load(end_ptr + i, mask=im, other=float("-inf")).to(tl.float32)
+        i, im = _tags(0, offs, K)
+        tr = _load_transitions(trans_ptr, i, i, im, im, K)
+        en = _load_scores(end_ptr, i, im)
         acc_trans = tl.zeros((TILE, TILE), tl.float32)
         acc_start = tl.zeros((TILE,), tl.float32)
         acc_end = tl.zeros((TILE,), tl.float32)
         for b in range(pid, B, nprog):
-            b64 = tl.cast(b, tl.int64)
-            length = tl.load(len_ptr + b64).to(tl.int64)
-            emis_row = emis_ptr + b64 * emis_b_stride
+            b64, length, emis_row = _sequence(b, len_ptr, emis_ptr, emis_b_stride)
             beta_rows = beta_ptr + b64 * beta_b_stride  # dereferenced only with STORE_BETA
             last = length - 1
-            if UNARY or PAIRWISE:
-                logz = tl.load(logz_ptr + b64)
-                g = tl.load(glogz_ptr + b64)
-                a_row = alpha_ptr + b64 * alpha_b_stride
+            if UNARY or PAIRWISE:  # (g_row is only written with UNARY)
+                logz, g, a_row, g_row = _sequence_grad_inputs(b64, logz_ptr, glogz_ptr, alpha_ptr, alpha_b_stride,
+                                                              gemis_ptr, gemis_b_stride)
             if UNARY:
-                g_row = gemis_ptr + b64 * gemis_b_stride
-                a = tl.load(a_row + last * alpha_t_stride + i, mask=im, other=float("-inf"))
-                p = tl.exp(a + en - logz) * g
-                tl.store(g_row + last * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
-                acc_end += p
+                a = _load_scores(a_row + last * alpha_t_stride, i, im)
+                p = _unary_marginal(g_row, last, gemis_t_stride, i, im, a, en, logz, g)
+                acc_end += p  # p: the marginal of step 0 too when L == 1 (no step below)
             if STORE_BETA:
                 tl.store(beta_rows + last * beta_t_stride + i, en, mask=im)
             beta = en  # a register row from here on (beta_rows is the pointer)
             for tt in range(1, length):
                 t = length - tt  # L-1 down to 1: beta_t is known, compute beta_{t-1}
                 # the loads do not depend on the recursion and can be issued early
-                e = tl.load(emis_row + t * emis_t_stride + i * emis_k_stride, mask=im, other=0.0).to(tl.float32)
+                e = _load_emissions(emis_row, t, emis_t_stride, emis_k_stride, i, im)
                 if UNARY or PAIRWISE:
-                    a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
+                    a_prev = _load_scores(a_row + (t - 1) * alpha_t_stride, i, im)
                 w = tr + (e + beta)[None, :]  # [i, j]: i -> j, emit j, then the rest
-                m = tl.max(w, axis=1)
-                m_safe = tl.where(m == float("-inf"), 0.0, m)
-                ew = tl.exp(w - m_safe[:, None])
-                beta = m_safe + tl.log(tl.sum(ew, axis=1))
+                beta, shift, ew = _lse_tile(w, 1)
                 if STORE_BETA:
                     tl.store(beta_rows + (t - 1) * beta_t_stride + i, beta, mask=im)
                 if PAIRWISE:
-                    # P(y_{t-1}=i, y_t=j) = exp(a_prev_i + w_ij - logZ), reusing exp(w - m):
-                    # a_prev + m - logZ <= 0 (a sub-sum of Z), so the factor cannot overflow
-                    acc_trans += ew * (tl.exp(a_prev + m_safe - logz) * g)[:, None]
+                    # P(y_{t-1}=i, y_t=j) = exp(a_prev_i + w_ij - logZ), reusing exp(w - shift):
+                    # a_prev + shift - logZ <= 0 (a sub-sum of Z), so the factor cannot overflow
+                    acc_trans += ew * (tl.exp(a_prev + shift - logz) * g)[:, None]
                 if UNARY:
-                    p = tl.exp(a_prev + beta - logz) * g
-                    tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
+                    p = _unary_marginal(g_row, t - 1, gemis_t_stride, i, im, a_prev, beta, logz, g)
             if UNARY:
                 acc_start += p  # the marginal of step 0 (of step L-1 = 0 when L == 1)
         if UNARY:
             tl.store(gstart + i, acc_start, mask=im)
             tl.store(gend + i, acc_end, mask=im)
         if PAIRWISE:
-            tl.store(gtrans + i[:, None] * K + i[None, :], acc_trans, mask=msk)
+            tl.store(gtrans + i[:, None] * K + i[None, :], acc_trans, mask=im[:, None] & im[None, :])
     else:
         for b in range(pid, B, nprog):
-            b64 = tl.cast(b, tl.int64)
-            length = tl.load(len_ptr + b64).to(tl.int64)
-            emis_row = emis_ptr + b64 * emis_b_stride
+            b64, length, emis_row = _sequence(b, len_ptr, emis_ptr, emis_b_stride)
             if STORE_BETA:  # the recursion runs on the output rows of this sequence
                 beta_rows = beta_ptr + b64 * beta_b_stride
             else:  # on the two ping-pong scratch rows of this program
                 beta_rows = beta_ptr + pid64 * beta_b_stride
             last = length - 1
-            if UNARY or PAIRWISE:
-                logz = tl.load(logz_ptr + b64)
-                g = tl.load(glogz_ptr + b64)
-                a_row = alpha_ptr + b64 * alpha_b_stride
-            if UNARY:
-                g_row = gemis_ptr + b64 * gemis_b_stride
+            if UNARY or PAIRWISE:  # (g_row is only written with UNARY)
+                logz, g, a_row, g_row = _sequence_grad_inputs(b64, logz_ptr, glogz_ptr, alpha_ptr, alpha_b_stride,
+                                                              gemis_ptr, gemis_b_stride)
             tl.debug_barrier()  # the previous sequence is done with the scratch rows
 
             # t = L - 1: beta = end score; unary marginal feeds d/d end (and d/d start if L == 1)
             b_last = _beta_row(beta_rows, last, beta_t_stride, STORE_BETA)
             for j0 in range(0, K, TILE):
-                j = j0 + offs
-                jm = j < K
-                en = tl.load(end_ptr + j, mask=jm, other=float("-inf")).to(tl.float32)
+                j, jm = _tags(j0, offs, K)
+                en = _load_scores(end_ptr, j, jm)
                 tl.store(b_last + j, en, mask=jm)
                 if UNARY:
-                    a = tl.load(a_row + last * alpha_t_stride + j, mask=jm, other=float("-inf"))
-                    p = tl.exp(a + en - logz) * g
-                    tl.store(g_row + last * gemis_t_stride + j, p.to(gemis_ptr.dtype.element_ty), mask=jm)
-                    tl.store(gend + j, tl.load(gend + j, mask=jm, other=0.0) + p, mask=jm)
+                    a = _load_scores(a_row + last * alpha_t_stride, j, jm)
+                    p = _unary_marginal(g_row, last, gemis_t_stride, j, jm, a, en, logz, g)
+                    _accumulate(gend + j, p, jm)
                     if length == 1:
-                        tl.store(gstart + j, tl.load(gstart + j, mask=jm, other=0.0) + p, mask=jm)
+                        _accumulate(gstart + j, p, jm)
             tl.debug_barrier()
 
             for tt in range(1, length):
@@ -403,38 +463,27 @@ def _crf_backward_kernel(
                 b_cur = _beta_row(beta_rows, t, beta_t_stride, STORE_BETA)
                 b_prev = _beta_row(beta_rows, t - 1, beta_t_stride, STORE_BETA)
                 for i0 in range(0, K, TILE):
-                    i = i0 + offs
-                    im = i < K
+                    i, im = _tags(i0, offs, K)
                     if UNARY or PAIRWISE:
-                        a_prev = tl.load(a_row + (t - 1) * alpha_t_stride + i, mask=im, other=float("-inf"))
-                    m = tl.full((TILE,), float("-inf"), tl.float32)
-                    s = tl.zeros((TILE,), tl.float32)
-                    for j0 in range(0, K, TILE):
-                        j = j0 + offs
-                        jm = j < K
-                        bt = tl.load(b_cur + j, mask=jm, other=float("-inf"))
-                        e = tl.load(emis_row + t * emis_t_stride + j * emis_k_stride, mask=jm, other=0.0).to(tl.float32)
-                        tr = tl.load(trans_ptr + i[:, None] * K + j[None, :],
-                                     mask=im[:, None] & jm[None, :], other=float("-inf")).to(tl.float32)
-                        w = tr + (e + bt)[None, :]  # (TILE_i, TILE_j): i -> j, emit j, then the rest
-                        m_new = tl.maximum(m, tl.max(w, axis=1))
-                        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                        s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(w - m_safe[:, None]), axis=1)
-                        m = m_new
+                        a_prev = _load_scores(a_row + (t - 1) * alpha_t_stride, i, im)
+                    m, s = _lse_init(TILE)
+                    for j0 in range(0, K, TILE):  # online log-sum-exp over target tiles
+                        j, jm = _tags(j0, offs, K)
+                        bt = _load_scores(b_cur, j, jm)
+                        e = _load_emissions(emis_row, t, emis_t_stride, emis_k_stride, j, jm)
+                        # (TILE_i, TILE_j): i -> j, emit j, then the rest
+                        w = _load_transitions(trans_ptr, i, j, im, jm, K) + (e + bt)[None, :]
+                        m, s = _lse_update(m, s, w, 1)
                         if PAIRWISE:
                             # pairwise marginal P(y_{t-1}=i, y_t=j), accumulated over t and b
                             xi = tl.exp(a_prev[:, None] + w - logz) * g
-                            ptrs = gtrans + i[:, None] * K + j[None, :]
-                            msk = im[:, None] & jm[None, :]
-                            tl.store(ptrs, tl.load(ptrs, mask=msk, other=0.0) + xi, mask=msk)
-                    m_safe = tl.where(m == float("-inf"), 0.0, m)
-                    b_new = m_safe + tl.log(s)
+                            _accumulate(gtrans + i[:, None] * K + j[None, :], xi, im[:, None] & jm[None, :])
+                    b_new = _lse_finish(m, s)
                     tl.store(b_prev + i, b_new, mask=im)
                     if UNARY:
-                        p = tl.exp(a_prev + b_new - logz) * g
-                        tl.store(g_row + (t - 1) * gemis_t_stride + i, p.to(gemis_ptr.dtype.element_ty), mask=im)
+                        p = _unary_marginal(g_row, t - 1, gemis_t_stride, i, im, a_prev, b_new, logz, g)
                         if t == 1:
-                            tl.store(gstart + i, tl.load(gstart + i, mask=im, other=0.0) + p, mask=im)
+                            _accumulate(gstart + i, p, im)
                 tl.debug_barrier()
 
 

@@ -1,12 +1,13 @@
 """LayerNorm kernels of the BERT encoder, with the weighted-layer pooling accumulator fused in.
 
-Two kernels, one row (token) per program, statistics in fp32:
+One kernel, ``_layernorm_kernel``, one row (token) per program, statistics in fp32, in two
+variants (``EMBEDDINGS``):
 
-- ``_embeddings_layernorm_kernel``: gathers the word, position and token-type embedding rows
-  of a token, sums them and normalises, in one pass; the (tokens, hidden) sum is never
-  written to memory.
-- ``_layernorm_kernel``: normalises a row that the preceding GEMM epilogue already summed
-  with its residual.
+- ``embeddings_layernorm``: gathers the word, position and token-type embedding rows of a
+  token, sums them and normalises, in one pass; the (tokens, hidden) sum is never written to
+  memory.
+- ``layernorm``: normalises a row that the preceding GEMM epilogue already summed with its
+  residual.
 
 Both can add ``coef[index] * y`` into an fp32 accumulator (``HAS_MIX``): this is ELMo-style
 weighted-layer pooling, ``gamma * sum_l s_l h_l``, computed as each layer's output leaves its
@@ -50,11 +51,24 @@ def _mix_row(y, mix_ptr, mix_coef_ptr, mix_index, row, offs, mask, mix_row_strid
 
 
 @triton.jit
-def _embeddings_layernorm_kernel(
-    input_ids_ptr,
+def _embedding_row(input_ids_ptr, position_ids_ptr, token_type_ids_ptr, word_ptr, position_ptr, token_type_ptr,
+                   row, offs, mask, word_row_stride, position_row_stride, token_type_row_stride):
+    """word[id] + token_type[type] + position[pos] of one token, in fp32, in Hugging Face's order."""
+    token = tl.load(input_ids_ptr + row).to(tl.int64)
+    position = tl.load(position_ids_ptr + row).to(tl.int64)
+    token_type = tl.load(token_type_ids_ptr + row).to(tl.int64)
+    x = tl.load(word_ptr + token * word_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(token_type_ptr + token_type * token_type_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(position_ptr + position * position_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _layernorm_kernel(
+    x_ptr,  # (N, H) rows to normalise; with EMBEDDINGS the word embedding table (V, H)
+    input_ids_ptr,  # (N,) ids; these five only with EMBEDDINGS
     position_ids_ptr,
     token_type_ids_ptr,
-    word_ptr,
     position_ptr,
     token_type_ptr,
     w_ptr,
@@ -65,44 +79,12 @@ def _embeddings_layernorm_kernel(
     mix_index,
     H,
     eps,
-    word_row_stride,
+    x_row_stride,
     position_row_stride,
     token_type_row_stride,
     out_row_stride,
     mix_row_stride,
-    HAS_MIX: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)  # int64: row * out_row_stride can pass 2^31
-    offs = tl.arange(0, BLOCK_H)
-    mask = offs < H
-    token = tl.load(input_ids_ptr + row).to(tl.int64)
-    position = tl.load(position_ids_ptr + row).to(tl.int64)
-    token_type = tl.load(token_type_ids_ptr + row).to(tl.int64)
-    # Summed in fp32 in Hugging Face's order: (word + type) + position.
-    x = tl.load(word_ptr + token * word_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
-    x += tl.load(token_type_ptr + token_type * token_type_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
-    x += tl.load(position_ptr + position * position_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
-    y = _normalize_row(x, w_ptr, b_ptr, offs, H, eps)
-    tl.store(out_ptr + row * out_row_stride + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-    if HAS_MIX:
-        _mix_row(y, mix_ptr, mix_coef_ptr, mix_index, row, offs, mask, mix_row_stride, MIX_INIT=True)
-
-
-@triton.jit
-def _layernorm_kernel(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    out_ptr,
-    mix_ptr,
-    mix_coef_ptr,
-    mix_index,
-    H,
-    eps,
-    x_row_stride,
-    out_row_stride,
-    mix_row_stride,
+    EMBEDDINGS: tl.constexpr,
     HAS_MIX: tl.constexpr,
     MIX_INIT: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -110,7 +92,11 @@ def _layernorm_kernel(
     row = tl.program_id(0).to(tl.int64)  # int64: row * row stride can pass 2^31
     offs = tl.arange(0, BLOCK_H)
     mask = offs < H
-    x = tl.load(x_ptr + row * x_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    if EMBEDDINGS:
+        x = _embedding_row(input_ids_ptr, position_ids_ptr, token_type_ids_ptr, x_ptr, position_ptr, token_type_ptr,
+                           row, offs, mask, x_row_stride, position_row_stride, token_type_row_stride)
+    else:
+        x = tl.load(x_ptr + row * x_row_stride + offs, mask=mask, other=0.0).to(tl.float32)
     y = _normalize_row(x, w_ptr, b_ptr, offs, H, eps)
     tl.store(out_ptr + row * out_row_stride + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
     if HAS_MIX:
@@ -131,6 +117,34 @@ def _check_mix(mix: torch.Tensor | None, mix_coef: torch.Tensor | None, rows: in
                 f"with strides {mix.stride()}")
         if mix_coef.dim() != 1 or not mix_coef.is_contiguous():
             raise ValueError("mix_coef must be a contiguous 1-D tensor of per-layer coefficients")
+
+
+def _launch(x, weight, bias, eps, out, mix, mix_coef, mix_index, mix_init, embeddings=None) -> torch.Tensor:
+    """One program per row of ``out``; ``embeddings`` = (ids, positions, types, position table,
+    type table) for the embeddings variant, ``x`` then being the word table."""
+    rows, hidden = out.shape
+    if rows == 0:
+        return out
+    ids, pos, types, position, token_type = embeddings if embeddings is not None else (out,) * 5
+    block = triton.next_power_of_2(hidden)
+    _layernorm_kernel[(rows,)](
+        x, ids, pos, types, position, token_type,
+        weight, bias, out,
+        mix if mix is not None else out,
+        mix_coef if mix_coef is not None else out,
+        mix_index, hidden, eps,
+        x.stride(0),
+        position.stride(0) if embeddings is not None else 0,
+        token_type.stride(0) if embeddings is not None else 0,
+        out.stride(0),
+        mix.stride(0) if mix is not None else 0,
+        EMBEDDINGS=embeddings is not None,
+        HAS_MIX=mix is not None,
+        MIX_INIT=mix_init,
+        BLOCK_H=block,
+        num_warps=_warps(block),
+    )
+    return out
 
 
 def embeddings_layernorm(
@@ -167,34 +181,8 @@ def embeddings_layernorm(
             raise ValueError(f"{name} embedding table must be (rows, {hidden}) with contiguous rows")
     _check_mix(mix, mix_coef, rows, hidden)
     out = torch.empty((rows, hidden), dtype=word.dtype, device=word.device)
-    if rows == 0:
-        return out
-    block = triton.next_power_of_2(hidden)
-    _embeddings_layernorm_kernel[(rows,)](
-        input_ids.contiguous(),
-        position_ids.contiguous(),
-        token_type_ids.contiguous(),
-        word,
-        position,
-        token_type,
-        weight,
-        bias,
-        out,
-        mix if mix is not None else out,
-        mix_coef if mix_coef is not None else out,
-        0,
-        hidden,
-        eps,
-        word.stride(0),
-        position.stride(0),
-        token_type.stride(0),
-        out.stride(0),
-        mix.stride(0) if mix is not None else 0,
-        HAS_MIX=mix is not None,
-        BLOCK_H=block,
-        num_warps=_warps(block),
-    )
-    return out
+    embeddings = (input_ids.contiguous(), position_ids.contiguous(), token_type_ids.contiguous(), position, token_type)
+    return _launch(word, weight, bias, eps, out, mix, mix_coef, 0, True, embeddings)
 
 
 def layernorm(
@@ -219,25 +207,4 @@ def layernorm(
         raise ValueError(f"weight and bias must be ({hidden},)")
     _check_mix(mix, mix_coef, rows, hidden)
     out = torch.empty((rows, hidden), dtype=x.dtype, device=x.device)
-    if rows == 0:
-        return out
-    block = triton.next_power_of_2(hidden)
-    _layernorm_kernel[(rows,)](
-        x,
-        weight,
-        bias,
-        out,
-        mix if mix is not None else out,
-        mix_coef if mix_coef is not None else out,
-        mix_index,
-        hidden,
-        eps,
-        x.stride(0),
-        out.stride(0),
-        mix.stride(0) if mix is not None else 0,
-        HAS_MIX=mix is not None,
-        MIX_INIT=mix_init,
-        BLOCK_H=block,
-        num_warps=_warps(block),
-    )
-    return out
+    return _launch(x, weight, bias, eps, out, mix, mix_coef, mix_index, mix_init)

@@ -15,13 +15,13 @@ stored). At inference the same sum is accumulated in the encoder's LayerNorm epi
 Kernels (each program owns a ``BLOCK_N x BLOCK_H`` tile of tokens x features and loops over
 the L layers, so every layer element is read once per pass):
 
-- ``_layer_stats_kernel`` (``do_layer_norm`` only): per tile and layer, the masked element
+- ``_pooling_stats_kernel`` (``do_layer_norm`` only): per tile and layer, the masked element
   count, sum and sum of squared deviations from the *tile's own* mean; the launcher merges
   the tiles with Chan's parallel-variance formula in fp32. One read of the layers instead of
   AllenNLP's two, without the cancellation of a sum-of-squares formula.
-- ``_layer_mix_fwd_kernel``: ``out = sum_l coef_l * (h_l - mu_l)``, ``coef_l = gamma * s_l *
+- ``_pooling_fwd_kernel``: ``out = sum_l coef_l * (h_l - mu_l)``, ``coef_l = gamma * s_l *
   rstd_l`` (``rstd = 1``, ``mu = 0`` for the plain mix); fp32 accumulator, one store.
-- ``_layer_mix_bwd_kernel``: with ``g = grad_out``, ``P_l = sum(g * h_l)``, ``G = sum(g)``
+- ``_pooling_bwd_kernel``: with ``g = grad_out``, ``P_l = sum(g * h_l)``, ``G = sum(g)``
   (sums over all N*H elements, masked or not, as the mix covers them all):
 
   * plain: ``grad_h_l = gamma s_l g``; ``grad_s_l = gamma P_l``; ``grad_gamma = sum_l s_l P_l``
@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["LayerMixStats", "stack_layers", "layer_stats", "layer_mix_forward", "layer_mix_backward"]
+__all__ = ["PoolingStats", "stack_layers", "pooling_stats", "pooling_forward", "pooling_backward"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Elements per program tile: enough work per program on a GPU; on the interpreter (which
@@ -72,7 +72,7 @@ def _tile(N, H, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def _layer_stats_kernel(
+def _pooling_stats_kernel(
     h_ptr,
     mask_ptr,
     sum_ptr,
@@ -109,7 +109,7 @@ def _layer_stats_kernel(
 
 
 @triton.jit
-def _layer_mix_fwd_kernel(
+def _pooling_fwd_kernel(
     h_ptr,
     coef_ptr,
     mean_ptr,
@@ -139,7 +139,7 @@ def _layer_mix_fwd_kernel(
 
 
 @triton.jit
-def _layer_mix_bwd_kernel(
+def _pooling_bwd_kernel(
     grad_out_ptr,
     h_ptr,
     mask_ptr,
@@ -197,7 +197,7 @@ def _layer_mix_bwd_kernel(
 # --------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------
-class LayerMixStats(NamedTuple):
+class PoolingStats(NamedTuple):
     """Masked per-layer statistics of the ``do_layer_norm`` variant (fp32, shape (L,)),
     plus the number of non-masked elements ``count`` (fp32, shape ())."""
 
@@ -284,7 +284,7 @@ def _warps(block_n: int, block_h: int) -> int:
     return 8 if block_n * block_h >= 4096 else 4
 
 
-def layer_stats(h: torch.Tensor, mask: Optional[torch.Tensor], eps: float) -> LayerMixStats:
+def pooling_stats(h: torch.Tensor, mask: Optional[torch.Tensor], eps: float) -> PoolingStats:
     """Masked mean and ``1 / sqrt(var + eps)`` of each layer over all its non-masked elements.
 
     Args:
@@ -293,7 +293,7 @@ def layer_stats(h: torch.Tensor, mask: Optional[torch.Tensor], eps: float) -> La
         eps: added to the variance (AllenNLP: ``tiny_value_of_dtype(dtype)``).
 
     Returns:
-        :class:`LayerMixStats` with fp32 (L,) ``mean`` and ``rstd`` and the element count.
+        :class:`PoolingStats` with fp32 (L,) ``mean`` and ``rstd`` and the element count.
         No non-masked element gives NaN statistics, as AllenNLP's 0/0 does.
     """
     _check_layers(h)
@@ -305,7 +305,7 @@ def layer_stats(h: torch.Tensor, mask: Optional[torch.Tensor], eps: float) -> La
     m2s = torch.zeros((L, tiles), dtype=torch.float32, device=h.device)
     counts = torch.zeros((tiles,), dtype=torch.float32, device=h.device)
     if tiles > 0 and L > 0:
-        _layer_stats_kernel[grid](
+        _pooling_stats_kernel[grid](
             h, mask_u8 if mask_u8 is not None else h, sums, m2s, counts,
             L, N, H, h.stride(0), h.stride(1),
             HAS_MASK=mask_u8 is not None, BLOCK_N=block_n, BLOCK_H=block_h,
@@ -317,14 +317,14 @@ def layer_stats(h: torch.Tensor, mask: Optional[torch.Tensor], eps: float) -> La
     tile_mean = sums / counts.clamp(min=1.0)
     m2 = m2s.sum(1) + (counts * (tile_mean - mean[:, None]) ** 2).sum(1)
     var = m2 / count
-    return LayerMixStats(mean=mean, rstd=torch.rsqrt(var + eps), count=count)
+    return PoolingStats(mean=mean, rstd=torch.rsqrt(var + eps), count=count)
 
 
-def layer_mix_forward(
+def pooling_forward(
     h: torch.Tensor,
     s: torch.Tensor,
     gamma: torch.Tensor,
-    stats: Optional[LayerMixStats] = None,
+    stats: Optional[PoolingStats] = None,
     out_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """``gamma * sum_l s_l * y_l`` with ``y_l = h_l`` or, given ``stats``, ``(h_l - mean_l) * rstd_l``.
@@ -333,7 +333,7 @@ def layer_mix_forward(
         h: (L, N, H) fp32/fp16/bf16 layers with unit feature stride.
         s: (L,) fp32 mixing scalars (softmax(w) or raw w).
         gamma: one-element fp32 scale.
-        stats: from :func:`layer_stats` for the ``do_layer_norm`` variant, else None.
+        stats: from :func:`pooling_stats` for the ``do_layer_norm`` variant, else None.
         out_dtype: output dtype (default: ``h.dtype``); accumulation is fp32 regardless.
 
     Returns:
@@ -354,7 +354,7 @@ def layer_mix_forward(
     if stats is not None:
         coef = coef * stats.rstd
     block_n, block_h, grid = _blocks(N, H)
-    _layer_mix_fwd_kernel[grid](
+    _pooling_fwd_kernel[grid](
         h, coef.contiguous(), stats.mean.contiguous() if stats is not None else coef, out,
         L, N, H, h.stride(0), h.stride(1), out.stride(0),
         NORMALIZE=stats is not None, BLOCK_N=block_n, BLOCK_H=block_h,
@@ -363,17 +363,17 @@ def layer_mix_forward(
     return out
 
 
-def layer_mix_backward(
+def pooling_backward(
     grad_out: torch.Tensor,
     h: torch.Tensor,
     s: torch.Tensor,
     gamma: torch.Tensor,
-    stats: Optional[LayerMixStats] = None,
+    stats: Optional[PoolingStats] = None,
     mask: Optional[torch.Tensor] = None,
     need_input_grad: bool = True,
     need_scalar_grad: bool = True,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Gradients of :func:`layer_mix_forward` w.r.t. the layers, ``s`` and ``gamma``.
+    """Gradients of :func:`pooling_forward` w.r.t. the layers, ``s`` and ``gamma``.
 
     Args:
         grad_out: (N, H) gradient of the output (any float dtype, unit feature stride).
@@ -408,7 +408,7 @@ def layer_mix_backward(
     mask_arg = mask_u8 if mask_u8 is not None else h
 
     def launch(a, b, c, mean, out, reduce, write, normalized):
-        _layer_mix_bwd_kernel[grid](
+        _pooling_bwd_kernel[grid](
             grad_out, h, mask_arg, a, b, c, mean, out if out is not None else h, dots, grad_sums,
             L, N, H, grad_out.stride(0), h.stride(0), h.stride(1),
             out.stride(0) if out is not None else 0, out.stride(1) if out is not None else 0,

@@ -8,6 +8,8 @@ those, so continuation sub-tokens are never labelled, scored or lost) and the wo
 
 Batches group examples of similar length under a token budget (padded tokens per batch),
 so little compute goes to padding; the order is deterministic for a given seed and epoch.
+Encoding, windowing, bucketing, collation and merging are ``nertron.engine.batching``'s,
+the path the ``Tagger`` uses too.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import torch
 from nertron.engine.data.readers import Sentence, read_dataset
 from nertron.engine.data.schemes import convert
 from nertron.engine.data.vocab import LabelVocab
-from nertron.engine.tokenizer import IGNORE_INDEX, WordPieceTokenizer, merge_windows
+from nertron.engine import batching
+from nertron.engine.tokenizer import IGNORE_INDEX, WordPieceTokenizer
 
 SPLITS = ("train", "valid", "test")
 
@@ -201,20 +204,19 @@ class NerData:
             if not words:
                 raise ValueError(f"sentence {sentence_id} has no words")
             word_lists.append(words)
+        pieces = batching.encode(self.tokenizer, word_lists, words=True)
         examples: list[Example] = []
-        for sentence_id, (sentence, pieces) in enumerate(zip(sentences, self.tokenizer.encode_words_batch(word_lists))):
+        for sentence_id, _, window in batching.split_windows(self.tokenizer, pieces):
+            sentence = sentences[sentence_id]
             tags = getattr(sentence, "tags", None) if labelled else None
             intent = getattr(sentence, "intent", None) if labelled else None
-            for window in self.tokenizer.windows(pieces):
-                first = window.word_index
-                starts = [span[0] for span in window.word_spans]
-                labels = None
-                if tags is not None:
-                    labels = [self._label_id(t) for t in tags[first : first + len(window.words)]]
-                intent_id = self._intent_id(intent) if (intent is not None and self.intent_vocab) else None
-                examples.append(
-                    Example(len(examples), sentence_id, pieces, window, list(window.input_ids), starts, labels, intent_id)
-                )
+            first = window.word_index
+            labels = None
+            if tags is not None:
+                labels = [self._label_id(t) for t in tags[first : first + len(window.words)]]
+            intent_id = self._intent_id(intent) if (intent is not None and self.intent_vocab) else None
+            examples.append(Example(len(examples), sentence_id, pieces[sentence_id], window, list(window.input_ids),
+                                    window.word_starts, labels, intent_id))
         return examples
 
     @property
@@ -246,41 +248,17 @@ class NerData:
         examples = self.examples(split_or_examples) if isinstance(split_or_examples, str) else split_or_examples
         rng = random.Random(self.seed * 1_000_003 + epoch)
         # Sort by length (random tie-break when shuffling), cut into budget-sized batches.
-        order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), rng.random() if shuffle else i))
-        groups, current, longest = [], [], 0
-        for i in order:
-            length = len(examples[i].input_ids) + 2
-            if current and (max(longest, length) * (len(current) + 1) > self.batch_tokens
-                            or len(current) >= self.max_batch_size):
-                groups.append(current)
-                current, longest = [], 0
-            current.append(examples[i])
-            longest = max(longest, length)
-        if current:
-            groups.append(current)
+        groups = [[examples[i] for i in group]
+                  for group in batching.bucket([len(e.input_ids) for e in examples], self.batch_tokens,
+                                               self.max_batch_size, rng if shuffle else None)]
         if shuffle:
             rng.shuffle(groups)
         return [(self.collate(group), group) for group in groups]
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         """Pad a group of examples: sub-token inputs (B, T) and word-level index/mask/labels (B, W)."""
-        batch = self.tokenizer.batch([e.window for e in examples])
-        width = max(len(e.word_starts) for e in examples)
-        word_index = torch.zeros(len(examples), width, dtype=torch.long)
-        word_mask = torch.zeros(len(examples), width, dtype=torch.bool)
-        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        for i, e in enumerate(examples):
-            n = len(e.word_starts)
-            word_index[i, :n] = torch.tensor(e.word_starts) + 1  # +1: [CLS] comes first
-            word_mask[i, :n] = True
-            if e.labels is not None:
-                labels[i, :n] = torch.tensor(e.labels)
-        batch.update(word_index=word_index, word_mask=word_mask)
-        if all(e.labels is not None for e in examples):
-            batch["labels"] = labels
-        if all(e.intent is not None for e in examples):
-            batch["intents"] = torch.tensor([e.intent for e in examples])
-        return batch
+        return batching.collate(self.tokenizer, [e.window for e in examples], [e.labels for e in examples],
+                                [e.intent for e in examples])
 
     def merge(self, examples: list[Example], window_tags: dict[int, list[int]]) -> list[list[int]]:
         """Per-window word predictions -> one prediction per word of each sentence."""
@@ -290,11 +268,8 @@ class NerData:
         merged = []
         for sentence_id in range(len(by_sentence)):
             group = by_sentence[sentence_id]
-            if len(group) == 1:
-                merged.append(window_tags[group[0].index])
-            else:
-                windows = [e.window for e in group]
-                merged.append(merge_windows(group[0].pieces, windows, [window_tags[e.index] for e in group]))
+            merged.append(batching.merge(group[0].pieces, [e.window for e in group],
+                                         [window_tags[e.index] for e in group]))
         return merged
 
 

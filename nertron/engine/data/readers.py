@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from nertron.tags import TagError, split_tag
+
 __all__ = ["Sentence", "DataFormatError", "Dataset", "read_conll", "read_atis", "read_factrueval",
            "read_csv", "read_dataset", "detect_format", "FACTRUEVAL_TYPES", "FORMATS"]
 
@@ -37,8 +39,6 @@ FORMATS = ("conll", "atis", "factrueval", "csv")
 # decided") counts as LOC, as in the FactRuEval NER track; Project and Facility (2 objects in
 # the corpus, not in its guidelines' NER types) are dropped and counted in the reader's stats.
 FACTRUEVAL_TYPES = {"Person": "PER", "Org": "ORG", "Location": "LOC", "LocOrg": "LOC"}
-
-_TAG = re.compile(r"O|[BIES]-\S+")
 
 
 @dataclass
@@ -69,8 +69,12 @@ class DataFormatError(ValueError):
 
 def _check_tags(tags: list[str], path: Path, line: int, allow_x: bool = False) -> None:
     for tag in tags:
-        if not (_TAG.fullmatch(tag) or (allow_x and tag == "X")):
-            raise DataFormatError(path, line, f"bad tag {tag!r} (expected O or B-/I-/E-/S-TYPE)")
+        if allow_x and tag == "X":
+            continue
+        try:
+            split_tag(tag)  # tags come from str.split(): never whitespace in them
+        except TagError:
+            raise DataFormatError(path, line, f"bad tag {tag!r} (expected O or B-/I-/E-/S-TYPE)") from None
 
 
 def _no_sentences(path: Path) -> DataFormatError:
