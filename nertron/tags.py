@@ -7,40 +7,66 @@ A tag is ``O`` or ``P-TYPE`` with a one-letter prefix ``P``. The schemes:
 - **IOB1** (CoNLL-2003): ``I-T`` marks every token of an entity; ``B-T`` only starts an
   entity that directly follows another entity of the same type.
 - **IOB2** (BIO): every entity starts with ``B-T``, continues with ``I-T``.
+- **IOE1**: ``I-T`` marks every token; ``E-T`` only ends an entity that is directly followed
+  by another entity of the same type (the mirror image of IOB1).
+- **IOE2** (IOE): every entity ends with ``E-T``, its other tokens are ``I-T``.
 - **BIOES** (IOBES): ``S-T`` single-token entity; ``B-T``, ``I-T``..., ``E-T`` otherwise.
+- **BILOU** (BIOUL): BIOES with ``L-`` (last) for ``E-`` and ``U-`` (unit) for ``S-``.
+- **BMES**: BIOES with ``M-`` (middle) for ``I-`` (AllenNLP's name; ``O`` is allowed here).
+
+Every name is accepted in any case (``normalize_scheme``): IOB1, IOB2, BIO, IOE1, IOE2, IOE,
+BIOES, IOBES, BILOU, BIOUL, BMES.
 
 ``spans`` decodes with the CoNLL ``conlleval`` chunk rules (``start_of_chunk``/``end_of_chunk``,
-extended for ``S-`` and ``E-`` as in seqeval's default mode), which read all three schemes and
-are lenient: an ``I-T`` after ``O`` or after another type starts a new entity. So conversions
-are defined on any well-formed tag sequence, and on valid input they round-trip exactly.
+extended for ``S-`` and ``E-`` as in seqeval's default mode; ``L-``/``U-``/``M-`` read as
+``E-``/``S-``/``I-``), which read every scheme and are lenient: an ``I-T`` after ``O`` or after
+another type starts a new entity. So conversions are defined on any well-formed tag sequence,
+and on valid input they round-trip exactly. ``validate`` says whether a sequence is valid in a
+scheme (and where it is not); ``detect_scheme`` infers the scheme of a corpus.
 ``strict_spans`` follows seqeval's ``mode='strict'``: only entities valid under the scheme count
 (it also reads IOE2 and BILOU).
 
 CRF constraints (``nertron.bindings.crf.allowed_transitions``) use ``constraint_scheme`` (any
-accepted name -> ``'BIO'``, ``'IOB1'`` or ``'BIOES'``; BILOU/BIOUL are accepted here, their
-``L-``/``U-`` read as ``E-``/``S-``), ``parse_label`` and ``allowed``.
+accepted name -> ``'BIO'``, ``'IOB1'`` or ``'BIOES'``; BILOU/BIOUL and BMES map to ``'BIOES'``,
+their ``L-``/``U-``/``M-`` read as ``E-``/``S-``/``I-``; the IOE schemes have no constraint
+rules), ``parse_label`` and ``allowed``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 __all__ = [
     "Span", "SCHEMES", "STRICT_SCHEMES", "CONSTRAINT_SCHEMES", "CONLL_PREFIXES", "TagError",
     "normalize_scheme", "normalize_strict_scheme", "constraint_scheme", "scheme_prefixes", "split_tag",
     "start_of_chunk", "end_of_chunk", "spans", "conll_spans", "strict_spans", "from_spans", "convert",
+    "validate", "is_valid", "detect_scheme", "SCHEME_NAMES",
     "iob1_to_iob2", "iob2_to_iob1", "iob2_to_bioes", "bioes_to_iob2", "parse_label", "allowed",
 ]
 
 Span = tuple[str, int, int]  # (type, start, end) with ``end`` exclusive (a Python slice)
 
-SCHEMES = ("IOB1", "IOB2", "BIOES")
-_ALIASES = {"IOB1": "IOB1", "IOB2": "IOB2", "BIO": "IOB2", "BIOES": "BIOES", "IOBES": "BIOES"}
+SCHEMES = ("IOB1", "IOB2", "IOE1", "IOE2", "BIOES", "BILOU", "BMES")
+_ALIASES = {"IOB1": "IOB1", "IOB2": "IOB2", "BIO": "IOB2", "IOE1": "IOE1", "IOE2": "IOE2", "IOE": "IOE2",
+            "BIOES": "BIOES", "IOBES": "BIOES", "BILOU": "BILOU", "BIOUL": "BILOU", "BMES": "BMES"}
+SCHEME_NAMES = tuple(_ALIASES)  # every accepted name (any case)
+_PREFIXES = {"IOB1": "BI", "IOB2": "BI", "IOE1": "IE", "IOE2": "IE", "BIOES": "BIES", "BILOU": "BILU", "BMES": "BMES"}
+# What each prefix means to the conlleval chunk rules (which know B, I, E and S).
+_ROLE = {"L": "E", "U": "S", "M": "I"}
 # Prefixes the conlleval rules understand (used by ``spans``, whatever the declared scheme).
 CONLL_PREFIXES = frozenset("BIES")
 
 
 class TagError(ValueError):
-    """A tag that is not ``O`` or ``P-TYPE`` with a known prefix."""
+    """A tag that is not ``O`` or ``P-TYPE`` with a known prefix, or that breaks its scheme.
+
+    ``position`` is the tag's index in its sentence when known (``None`` otherwise).
+    """
+
+    position: Optional[int] = None
+
+    def __init__(self, message: str, position: Optional[int] = None):
+        super().__init__(message)
+        self.position = position
 
 
 # --- scheme names ------------------------------------------------------------------------------
@@ -55,33 +81,38 @@ def normalize_scheme(scheme: str) -> str:
         return _ALIASES[scheme.upper()]
     except (KeyError, AttributeError):
         raise ValueError(f"unknown tag scheme {scheme!r}; known schemes: {', '.join(SCHEMES)} "
-                         f"(aliases BIO = IOB2, IOBES = BIOES)") from None
+                         f"(aliases BIO = IOB2, IOE = IOE2, IOBES = BIOES, BIOUL = BILOU; any case)") from None
 
 
 def scheme_prefixes(scheme: str) -> frozenset[str]:
-    """Prefixes a scheme's tags may carry: ``B``/``I`` for IOB1 and IOB2, ``B``/``I``/``E``/``S`` for BIOES."""
-    return CONLL_PREFIXES if normalize_scheme(scheme) == "BIOES" else frozenset("BI")
+    """Prefixes a scheme's tags may carry: ``B``/``I`` for IOB1 and IOB2, ``I``/``E`` for IOE1 and
+    IOE2, ``B``/``I``/``E``/``S`` for BIOES, ``B``/``I``/``L``/``U`` for BILOU, ``B``/``M``/``E``/``S``
+    for BMES."""
+    return frozenset(_PREFIXES[normalize_scheme(scheme)])
 
 
-# Constraint schemes: the rule sets of ``allowed``. BILOU (also written BIOUL) shares BIOES's
-# rules: ``parse_label`` reads its ``L-``/``U-`` as ``E-``/``S-``.
+# Constraint schemes: the rule sets of ``allowed``. BILOU (also written BIOUL) and BMES share
+# BIOES's rules: ``parse_label`` reads their ``L-``/``U-``/``M-`` as ``E-``/``S-``/``I-``.
 CONSTRAINT_SCHEMES = ("BIO", "IOB1", "BIOES")
-_CONSTRAINT = {"IOB1": "IOB1", "IOB2": "BIO", "BIOES": "BIOES"}
-_LU_NAMES = ("BILOU", "BIOUL")
+_CONSTRAINT = {"IOB1": "IOB1", "IOB2": "BIO", "BIOES": "BIOES", "BILOU": "BIOES", "BMES": "BIOES"}
 
 
 def constraint_scheme(scheme: str) -> str:
     """The CRF-constraint scheme of any accepted scheme name, any case.
 
-    ``IOB2``/``BIO`` -> ``'BIO'``; ``IOB1`` -> ``'IOB1'``; ``BIOES``/``IOBES``/``BILOU``/``BIOUL``
-    -> ``'BIOES'`` (the argument ``parse_label`` and ``allowed`` take).
+    ``IOB2``/``BIO`` -> ``'BIO'``; ``IOB1`` -> ``'IOB1'``; ``BIOES``/``IOBES``/``BILOU``/``BIOUL``/``BMES``
+    -> ``'BIOES'`` (the argument ``parse_label`` and ``allowed`` take). AllenNLP's names
+    (``BIO``, ``IOB1``, ``BIOUL``, ``BMES``) all work; unlike AllenNLP's BMES (which has no
+    ``O``), an ``O`` label may come between BMES entities here.
 
     Raises:
-        ValueError: unknown scheme.
+        ValueError: unknown scheme, or IOE1/IOE2 (no constraint rules for them).
     """
-    if isinstance(scheme, str) and scheme.upper() in _LU_NAMES:
-        return "BIOES"
-    return _CONSTRAINT[normalize_scheme(scheme)]
+    name = normalize_scheme(scheme)
+    if name not in _CONSTRAINT:
+        raise ValueError(f"no CRF constraint rules for tag scheme {scheme!r}; constrained decoding supports "
+                         f"IOB1, IOB2 (BIO), BIOES (IOBES), BILOU (BIOUL) and BMES")
+    return _CONSTRAINT[name]
 
 
 # --- tags and the conlleval chunk rules --------------------------------------------------------
@@ -128,8 +159,9 @@ def spans(tags: Sequence[str], scheme: str = "IOB2") -> list[Span]:
 
     Args:
         tags: one sentence's tags.
-        scheme: ``IOB1``, ``IOB2`` or ``BIOES``; checks the prefixes (B/I for the IOB schemes,
-            B/I/E/S for BIOES); the chunk rules themselves read every scheme the same way.
+        scheme: any scheme name; checks the prefixes (``scheme_prefixes``); the chunk rules
+            themselves read every scheme the same way (``L-``/``U-``/``M-`` as ``E-``/``S-``/``I-``).
+            Use ``validate`` to check the sequence is valid in the scheme, not just its prefixes.
     Returns:
         ``[(type, start, end), ...]`` in order, ``end`` exclusive.
     Raises:
@@ -139,7 +171,8 @@ def spans(tags: Sequence[str], scheme: str = "IOB2") -> list[Span]:
 
 
 def conll_spans(tags: Sequence[str], prefixes: frozenset[str] = CONLL_PREFIXES) -> list[Span]:
-    """Entities by the conlleval chunk rules, whatever the scheme (tags with any of ``prefixes``).
+    """Entities by the conlleval chunk rules, whatever the scheme (tags with any of ``prefixes``;
+    ``L``/``U``/``M`` among them read as ``E``/``S``/``I``).
 
     Raises:
         TagError: a tag with a prefix outside ``prefixes``, naming its position.
@@ -150,7 +183,8 @@ def conll_spans(tags: Sequence[str], prefixes: frozenset[str] = CONLL_PREFIXES) 
         try:
             prefix, type_ = split_tag(tag, prefixes)
         except TagError as err:
-            raise TagError(f"position {i}: {err}") from None
+            raise TagError(f"position {i}: {err}", i) from None
+        prefix = _ROLE.get(prefix, prefix)
         if end_of_chunk(prev_tag, prefix, prev_type, type_):
             result.append((prev_type, begin, i))
         if start_of_chunk(prev_tag, prefix, prev_type, type_):
@@ -167,41 +201,157 @@ def from_spans(entities: Sequence[Span], length: int, scheme: str = "IOB2") -> l
     Args:
         entities: ``(type, start, end)`` with ``end`` exclusive.
         length: number of tokens.
-        scheme: the output scheme.
+        scheme: the output scheme (any name).
+    Returns:
+        The canonical tags of the entities in ``scheme`` (IOB1: ``B-`` only where an entity
+        touches a previous one of its type; IOE1: ``E-`` only where one touches the next).
     """
     scheme = normalize_scheme(scheme)
     tags = ["O"] * length
-    prev_end, prev_type = -1, None
-    for type_, start, end in entities:
-        if scheme == "IOB1":
-            # B- only where the entity touches a previous one of the same type.
-            first = "B" if (start == prev_end and type_ == prev_type) else "I"
-            tags[start:end] = [f"{first}-{type_}"] + [f"I-{type_}"] * (end - start - 1)
-        elif scheme == "IOB2":
-            tags[start:end] = [f"B-{type_}"] + [f"I-{type_}"] * (end - start - 1)
-        elif end - start == 1:
-            tags[start] = f"S-{type_}"
+    entities = list(entities)
+    for k, (type_, start, end) in enumerate(entities):
+        n = end - start
+        if scheme in ("IOB1", "IOB2"):
+            touches = k > 0 and entities[k - 1][2] == start and entities[k - 1][0] == type_
+            first = "B" if scheme == "IOB2" or touches else "I"
+            tags[start:end] = [f"{first}-{type_}"] + [f"I-{type_}"] * (n - 1)
+        elif scheme in ("IOE1", "IOE2"):
+            touches = k + 1 < len(entities) and entities[k + 1][1] == end and entities[k + 1][0] == type_
+            last = "E" if scheme == "IOE2" or touches else "I"
+            tags[start:end] = [f"I-{type_}"] * (n - 1) + [f"{last}-{type_}"]
         else:
-            tags[start:end] = [f"B-{type_}"] + [f"I-{type_}"] * (end - start - 2) + [f"E-{type_}"]
-        prev_end, prev_type = end, type_
+            b, i, e, single = {"BIOES": "BIES", "BILOU": "BILU", "BMES": "BMES"}[scheme]
+            if n == 1:
+                tags[start] = f"{single}-{type_}"
+            else:
+                tags[start:end] = [f"{b}-{type_}"] + [f"{i}-{type_}"] * (n - 2) + [f"{e}-{type_}"]
     return tags
 
 
 def convert(tags: Sequence[str], source: str, target: str) -> list[str]:
-    """Convert one sentence's tags between IOB1, IOB2 and BIOES (same entities).
+    """Convert one sentence's tags between any two schemes (same entities).
 
     Args:
         tags: the tags, in ``source``.
-        source: scheme of ``tags``.
+        source: scheme of ``tags`` (any name of ``SCHEME_NAMES``).
         target: scheme wanted.
     Returns:
-        A new list (a copy when ``source == target``).
+        A new list (a copy when ``source == target``): the canonical tags of the entities
+        ``spans`` reads (so lenient input, e.g. IOB2's ``O I-T``, comes out valid).
+    Raises:
+        TagError: a prefix ``source`` does not use; ValueError: an unknown scheme.
     """
     source, target = normalize_scheme(source), normalize_scheme(target)
     if source == target:
         spans(tags, source)  # still validate
         return list(tags)
     return from_spans(spans(tags, source), len(tags), target)
+
+
+_RULES = {
+    "IOB1": "I-T marks entity tokens; B-T starts an entity only right after another T entity",
+    "IOB2": "every entity starts with B-T and continues with I-T",
+    "IOE1": "I-T marks entity tokens; E-T ends an entity only right before another T entity",
+    "IOE2": "every entity ends with E-T, its other tokens are I-T",
+    "BIOES": "a one-token entity is S-T, a longer one B-T I-T... E-T",
+    "BILOU": "a one-token entity is U-T, a longer one B-T I-T... L-T",
+    "BMES": "a one-token entity is S-T, a longer one B-T M-T... E-T",
+}
+
+
+def validate(tags: Sequence[str], scheme: str) -> None:
+    """Check that a sentence's tags are valid in ``scheme``.
+
+    Valid means: every prefix is one the scheme uses, and the tags are the scheme's own
+    writing (``from_spans``) of the entities they hold, with the leniency real corpora need:
+    IOB1 also accepts ``B-T`` at the start of any entity (CoNLL-2003 has two; conlleval reads
+    them the same), IOE1 ``E-T`` at the end of any entity.
+
+    Raises:
+        TagError: the first tag that breaks the scheme, with ``position`` set and the rule in
+            the message (e.g. ``'S-ORG'`` in IOB1, ``I-PER`` after ``O`` in IOB2, ``B-PER O`` in BIOES).
+    """
+    name = normalize_scheme(scheme)
+    tags = list(tags)
+    prefixes = _PREFIXES[name]
+    for i, tag in enumerate(tags):
+        try:
+            split_tag(tag, frozenset(prefixes))
+        except TagError:
+            if tag != "O" and len(tag) >= 3 and tag[1] == "-" and tag[0] in "BIESLUM":
+                raise TagError(f"position {i}: tag {tag!r} is not a {name} tag ({name} prefixes: "
+                               f"{', '.join(prefixes)}): {_RULES[name]}", i) from None
+            raise TagError(f"position {i}: bad tag {tag!r}: expected 'O' or P-TYPE with P in {prefixes} "
+                           f"({name})", i) from None
+    entities = spans(tags, name)
+    canonical = from_spans(entities, len(tags), name)
+    if canonical == tags:
+        return
+    starts = {start for _, start, _ in entities}
+    ends = {end - 1 for _, _, end in entities}
+    for i, (tag, want) in enumerate(zip(tags, canonical)):
+        if tag == want:
+            continue
+        if name == "IOB1" and i in starts and tag == "B" + want[1:]:
+            continue
+        if name == "IOE1" and i in ends and tag == "E" + want[1:]:
+            continue
+        raise TagError(f"position {i}: tag {tag!r} breaks {name} (expected {want!r}): {_RULES[name]}", i)
+
+
+def is_valid(tags: Sequence[str], scheme: str) -> bool:
+    """Whether ``validate(tags, scheme)`` passes."""
+    try:
+        validate(tags, scheme)
+    except TagError:
+        return False
+    return True
+
+
+# Preference order of detect_scheme among the schemes a corpus is valid in.
+_DETECT_ORDER = ("IOB2", "IOB1", "IOE2", "IOE1", "BIOES", "BILOU", "BMES")
+
+
+def detect_scheme(tag_sequences: Iterable[Sequence[str]], default: str = "IOB2") -> str:
+    """Infer the scheme of a corpus (its sentences' tag sequences) from its tags.
+
+    The result is the first scheme of IOB2, IOB1, IOE2, IOE1, BIOES, BILOU, BMES in which every
+    sentence is valid (``validate``). In effect:
+
+    - ``U-``/``L-`` -> BILOU; ``M-`` -> BMES; ``S-``, or ``B-`` with ``E-`` -> BIOES;
+    - ``E-`` without ``B-``/``S-`` -> IOE: IOE1 if some entity ends in ``I-`` (or ``E-`` only
+      between touching entities of one type), else IOE2;
+    - ``B-``/``I-`` only: IOB1 if some entity starts with ``I-`` (after ``O``, another type or at
+      the sentence start), else IOB2;
+    - only ``O`` (no evidence at all): ``default`` (normalised).
+
+    Ambiguous cases, where the pick does not matter because every candidate reads the same
+    entities: B/I tags that never start an entity with ``I-`` are valid IOB2 and IOB1 (IOB2
+    is picked); ``I-`` only is valid IOB1 and IOE1 (IOB1); ``E-`` only is valid IOE2 and IOE1
+    (IOE2); ``S-`` only, or ``B-``/``E-`` without ``I-``, is valid BIOES and BMES (BIOES).
+
+    A corpus that mixes schemes is valid in none: the result is then the scheme the most
+    sentences are valid in (ties in the order above), and ``validate`` with it finds the
+    tags that do not fit (e.g. the one ``S-ORG`` of an IOB1 file).
+
+    Args:
+        tag_sequences: the sentences' tags (iterated once).
+        default: the answer when no tag tells (only ``O``).
+    Raises:
+        ValueError: unknown ``default``.
+    """
+    default = normalize_scheme(default)
+    sequences = [list(tags) for tags in tag_sequences]
+    seen = {tag[0] for tags in sequences for tag in tags if tag != "O"}
+    if not seen:
+        return default
+    candidates = [name for name in _DETECT_ORDER if seen <= set(_PREFIXES[name])]
+    for name in candidates:
+        if all(is_valid(tags, name) for tags in sequences):
+            return name
+    # Mixed: the scheme the most sentences fit.
+    invalid = {name: sum(not is_valid(tags, name) for tags in sequences) for name in _DETECT_ORDER}
+    return min(_DETECT_ORDER, key=lambda name: (invalid[name], _DETECT_ORDER.index(name)))
 
 
 def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
@@ -300,7 +450,7 @@ def strict_spans(tags: Sequence[str], scheme: str = "IOB2") -> list[Span]:
         try:
             prefix, type_ = split_tag(tag, frozenset(allowed_prefixes) - {"O"})
         except TagError as err:
-            raise TagError(f"position {i}: {err} (scheme {name})") from None
+            raise TagError(f"position {i}: {err} (scheme {name})", i) from None
         tokens.append((prefix, type_ or "_"))
     tokens.append(outside)
     # Same walk as seqeval.scheme.Tokens.entities, including where it resumes after a span.
@@ -334,14 +484,14 @@ def parse_label(label: str, scheme: str) -> Tuple[str, Optional[str]]:
     Args:
         label: a tag name.
         scheme: a constraint scheme (``constraint_scheme``): ``'BIO'``, ``'IOB1'`` or ``'BIOES'``.
-            BIOES also reads BILOU's ``L-``/``U-`` as ``E-``/``S-``.
+            BIOES also reads BILOU's ``L-``/``U-`` as ``E-``/``S-`` and BMES's ``M-`` as ``I-``.
     """
     if label == "O":
         return "O", None
     prefix, sep, kind = label.partition("-")
     if sep and prefix:
         if scheme == "BIOES":
-            prefix = {"L": "E", "U": "S"}.get(prefix, prefix)
+            prefix = _ROLE.get(prefix, prefix)
             if prefix in ("B", "I", "E", "S"):
                 return prefix, kind
         elif prefix in ("B", "I"):

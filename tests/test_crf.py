@@ -479,3 +479,90 @@ def test_module_span_log_probs_empty_spans_and_errors():
         crf.span_log_probs(emissions, tags.t(), spans, mask)
     with pytest.raises(ValueError, match="mask of the first timestep"):
         crf.span_log_probs(emissions, tags, spans, torch.zeros_like(mask))
+
+
+# --- pytorch-crf's results for gapped masks, empty batches and inf/nan emissions ----------------
+
+
+def _pair(K, batch_first, backend, seed=0):
+    torch.manual_seed(seed)
+    ours = CRF(K, batch_first=batch_first, backend=backend)
+    ref = torchcrf.CRF(K, batch_first=batch_first)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_gapped_masks_match_torchcrf(backend, batch_first):
+    gen = torch.Generator().manual_seed(5)
+    B, T, K = 5, 6, 4
+    ours, ref = _pair(K, batch_first, backend)
+    em = torch.randn(B, T, K, generator=gen)
+    tags = torch.randint(K, (B, T), generator=gen)
+    mask = torch.rand(B, T, generator=gen) < 0.6
+    mask[:, 0] = True
+    mask[0] = torch.tensor([1, 0, 1, 0, 0, 1], dtype=torch.bool)  # surely gapped
+    if not batch_first:
+        em, tags, mask = em.transpose(0, 1), tags.t(), mask.t()
+    for reduction in ("none", "sum", "mean", "token_mean"):
+        torch.testing.assert_close(ours(em, tags, mask, reduction=reduction),
+                                   ref(em, tags, mask, reduction=reduction), atol=1e-5, rtol=1e-5)
+    assert ours.decode(em, mask) == ref.decode(em, mask)
+    # gradients flow through the pytorch-crf fallback too
+    ours(em, tags, mask).backward()
+    assert ours.transitions.grad is not None and torch.isfinite(ours.transitions.grad).all()
+    # the extras refuse masks with gaps instead of answering differently
+    for call in (lambda: ours.decode(em, mask, as_tensor=True), lambda: ours.decode(em, mask, nbest=2),
+                 lambda: ours.marginals(em, mask)):
+        with pytest.raises(ValueError, match="prefix masks"):
+            call()
+
+
+def test_gapped_mask_example_from_the_report():
+    ours, ref = _pair(3, True, "torch", seed=1)
+    em = torch.randn(1, 3, 3)
+    tags = torch.tensor([[0, 1, 2]])
+    mask = torch.tensor([[1, 0, 1]], dtype=torch.bool)
+    assert ours(em, tags, mask).item() == pytest.approx(ref(em, tags, mask).item(), abs=1e-5)
+    assert ours.decode(em, mask) == ref.decode(em, mask)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_empty_batch_matches_torchcrf(backend, batch_first):
+    ours, ref = _pair(3, batch_first, backend)
+    shape = (0, 4) if batch_first else (4, 0)
+    em = torch.randn(*shape, 3)
+    tags = torch.zeros(shape, dtype=torch.long)
+    for mask in (None, torch.ones(shape, dtype=torch.bool)):
+        for reduction in ("none", "sum", "mean", "token_mean"):
+            got, want = ours(em, tags, mask, reduction=reduction), ref(em, tags, mask, reduction=reduction)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, equal_nan=True)
+        assert ours.decode(em, mask) == ref.decode(em, mask) == []
+    assert ours(em, tags).item() == 0.0
+    # an empty sequence: pytorch-crf's IndexError
+    em0 = torch.randn(0, 2, 3) if not batch_first else torch.randn(2, 0, 3)
+    tags0 = torch.zeros(em0.shape[:2], dtype=torch.long)
+    for model in (ours, ref):
+        with pytest.raises(IndexError):
+            model(em0, tags0)
+        with pytest.raises(IndexError):
+            model.decode(em0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_emissions_match_torchcrf(backend, value):
+    ours, ref = _pair(3, False, backend, seed=2)
+    em = torch.randn(4, 2, 3)
+    tags = torch.tensor([[0, 1], [1, 1], [2, 0], [0, 2]])
+    em[1, 0, 1] = value  # on the tag path of sequence 0
+    em[2, 1, 2] = value  # off the tag path of sequence 1
+    mask = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 0]], dtype=torch.bool)
+    for m in (None, mask):
+        for reduction in ("none", "sum", "mean", "token_mean"):
+            torch.testing.assert_close(ours(em, tags, m, reduction=reduction),
+                                       ref(em, tags, m, reduction=reduction), equal_nan=True)
+        assert ours.decode(em, m) == ref.decode(em, m)

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nertron.engine.data import (IGNORE_INDEX, PAD, DataFormatError, LabelVocab, Sentence, UnknownLabelError,
-                                 detect_format, read_atis, read_conll, read_csv, read_dataset, read_factrueval, spans)
+from nertron.engine.data import (IGNORE_INDEX, PAD, SCHEMES, DataFormatError, LabelVocab, Sentence,
+                                 UnknownLabelError, convert, detect_format, from_spans, read_atis, read_conll, read_csv,
+                                 read_dataset, read_factrueval, spans)
+from nertron.tags import SCHEME_NAMES, normalize_scheme
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -336,7 +338,9 @@ def test_read_dataset_dispatch(data_dir, tmp_path):
     sum(1 for _ in fre)
     assert fre.stats["sentences"] == n  # stats restart with each pass
     csv_path = _write(tmp_path, "data.txt", "labels,text\nO,a\n")
-    assert detect_format(csv_path) == "csv" and read_dataset(csv_path).scheme is None
+    # Only O tags: nothing to detect; CSV (and ATIS) default to IOB2, CoNLL to IOB1.
+    assert detect_format(csv_path) == "csv" and read_dataset(csv_path).scheme == "IOB2"
+    assert read_dataset(csv_path, tag_scheme="iobes").scheme == "BIOES"
     atis_copy = _write(tmp_path, "atis.txt", "BOS a EOS\tO O intent\n")
     assert detect_format(atis_copy) == "atis"
     assert detect_format(_write(tmp_path, "x.tsv", "text\tlabels\n")) == "csv"
@@ -416,3 +420,158 @@ def test_vocab_errors(tmp_path):
         LabelVocab.load(_write(tmp_path, "nopad.json", '{"labels": ["O"]}'))
     with pytest.raises(ValueError, match="newer"):
         LabelVocab.load(_write(tmp_path, "new.json", '{"labels": ["<pad>"], "version": 99}'))
+
+
+# --- tag schemes of the files ------------------------------------------------------------------------
+
+# One text in every scheme: "EU rejects German call . Peter Blackburn" with two touching PER.
+_WORDS = ["EU", "rejects", "German", "call", "Peter", "Blackburn", "Smith", "said", "Jones"]
+_SPANS = [("ORG", 0, 1), ("MISC", 2, 3), ("PER", 4, 6), ("PER", 6, 7), ("PER", 8, 9)]
+
+
+def _conll_text(tags, columns=4):
+    rows = [" ".join([w] + ["X"] * (columns - 2) + [t]) for w, t in zip(_WORDS, tags)]
+    return "-DOCSTART- -X- O O\n\n" + "\n".join(rows[:4]) + "\n\n" + "\n".join(rows[4:]) + "\n"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_conll_in_every_scheme(tmp_path, scheme):
+    tags = from_spans(_SPANS, len(_WORDS), scheme)
+    path = _write(tmp_path, f"{scheme}.conll", _conll_text(tags))
+    # Detected: the same entities whatever the scheme (IOE1 text has E- only between the touching PER).
+    dataset = read_dataset(path)
+    found = dataset.scheme
+    assert [t for s in dataset for t in s.tags] == tags  # yielded as in the file
+    assert spans(tags, found) == _SPANS and convert(tags, found, scheme) == tags
+    # Given, in any spelling: the same sentences.
+    for name in {scheme, scheme.lower()} | {alias for alias in SCHEME_NAMES if normalize_scheme(alias) == scheme}:
+        assert [t for s in read_conll(path, tag_scheme=name) for t in s.tags] == tags
+        assert read_dataset(path, tag_scheme=name).scheme == scheme
+
+
+def test_conll_detection_examples(tmp_path):
+    cases = {"BIOES": ["S-ORG", "O", "S-MISC", "O", "B-PER", "E-PER", "S-PER", "O", "S-PER"],
+             "BILOU": ["U-ORG", "O", "U-MISC", "O", "B-PER", "L-PER", "U-PER", "O", "U-PER"],
+             "IOB1": ["I-ORG", "O", "I-MISC", "O", "I-PER", "I-PER", "B-PER", "O", "I-PER"],
+             "IOB2": ["B-ORG", "O", "B-MISC", "O", "B-PER", "I-PER", "B-PER", "O", "B-PER"],
+             "IOE2": ["E-ORG", "O", "E-MISC", "O", "I-PER", "E-PER", "E-PER", "O", "E-PER"]}
+    for scheme, tags in cases.items():
+        path = _write(tmp_path, f"{scheme}.txt", _conll_text(tags))
+        assert read_dataset(path).scheme == scheme
+        assert [t for s in read_conll(path) for t in s.tags] == tags
+    assert read_dataset(_write(tmp_path, "o.txt", "a O\n")).scheme == "IOB1"  # CoNLL's default
+
+
+def test_conll_mixed_schemes_are_rejected(tmp_path):
+    iob1 = ["I-ORG", "O", "I-MISC", "O", "I-PER", "I-PER", "B-PER", "O", "I-PER"]
+    # An S- tag in a file whose other tags say IOB1: line 12 is "Blackburn ... S-ORG".
+    mixed = iob1[:5] + ["S-ORG"] + iob1[6:]
+    path = _write(tmp_path, "mixed.conll", _conll_text(mixed))
+    _raises_at(path, 9, "tag 'S-ORG' is not a IOB1 tag", lambda: read_conll(path))
+    with pytest.raises(DataFormatError, match="detected from its other tags: a file must keep to one scheme"):
+        list(read_dataset(path))
+    # Given IOB1 explicitly, an S- tag is named the same way.
+    path = _write(tmp_path, "bioes.conll", _conll_text(["S-ORG"] + ["O"] * 8))
+    assert [s.tags[0] for s in read_conll(path)][0] == "S-ORG"  # detected: BIOES
+    _raises_at(path, 3, "tag 'S-ORG' is not a IOB1 tag (IOB1 prefixes: B, I)", lambda: read_conll(path, tag_scheme="IOB1"))
+    with pytest.raises(DataFormatError, match=r"bioes.conll:3: .*tag_scheme IOB1 was given"):
+        list(read_dataset(path, tag_scheme="iob1"))
+    # IOB2 given, an entity starting with I- (IOB1 style): line and tag named.
+    path = _write(tmp_path, "iob1.conll", _conll_text(iob1))
+    _raises_at(path, 3, "tag 'I-ORG' breaks IOB2 (expected 'B-ORG')", lambda: read_conll(path, tag_scheme="bio"))
+    # BIOES: B- without E-.
+    path = _write(tmp_path, "b.conll", _conll_text(["B-ORG"] + ["O"] * 8))
+    _raises_at(path, 3, "tag 'B-ORG' breaks BIOES (expected 'S-ORG')", lambda: read_conll(path, tag_scheme="IOBES"))
+    # A malformed tag after valid sentences: the sentences before it still come out first.
+    path = _write(tmp_path, "late.conll", "a B-PER\n\nb S-X\nc I-X\n")
+    stream = read_conll(path)
+    assert next(stream).tags == ["B-PER"]
+    with pytest.raises(DataFormatError, match=r"late.conll:3: tag .S-X. is not a IOB2 tag"):
+        next(stream)
+    with pytest.raises(ValueError, match="unknown tag scheme 'BILUO'"):
+        list(read_conll(path, tag_scheme="BILUO"))
+    with pytest.raises(ValueError, match="unknown tag scheme 'BILUO'"):
+        read_dataset(path, tag_scheme="BILUO")
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path, data_dir):
+    for name, text, line, reader in [
+        ("bad.conll", b"a O\n\nb O\nc\xff O\n", 4, read_conll),
+        ("bad.iob", b"BOS a EOS\tO O i\nBOS b EOS\tO \xc3( i\n", 2, read_atis),
+        ("bad.csv", b"labels,text\nO,a\n\"O\nO\",\"b\n\xe2\x82\"\n", 5, read_csv),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(text)
+        _raises_at(path, line, "invalid UTF-8", lambda: reader(path))
+        _raises_at(path, line, "invalid UTF-8", lambda: read_dataset(path))
+    first = tmp_path / "first.txt"
+    first.write_bytes(b"\xffa O\n")
+    _raises_at(first, 1, "invalid UTF-8 (byte 0xff at column 1)", lambda: read_dataset(first))
+    # Lone CR line ends count as lines, as in text mode.
+    cr = tmp_path / "cr.conll"
+    cr.write_bytes(b"a O\rb O\r\rc \xff\n")
+    _raises_at(cr, 4, "invalid UTF-8 (byte 0xff at column 3)", lambda: read_conll(cr))
+    folder = _copy_book(data_dir, tmp_path)
+    tokens = folder / "book_100.tokens"
+    lines = tokens.read_bytes().split(b"\n")
+    lines[4] = lines[4] + b"\xff"
+    tokens.write_bytes(b"\n".join(lines))
+    _raises_at(tokens, 5, "invalid UTF-8", lambda: read_factrueval(folder))
+
+
+def test_atis_and_csv_schemes(tmp_path, data_dir):
+    path = _write(tmp_path, "a.iob", "BOS show boston flights EOS\tO O S-city O atis_flight\n"
+                                     "BOS to new york EOS\tO O B-city E-city atis_flight\n")
+    assert read_dataset(path).scheme == "BIOES" and len(list(read_atis(path))) == 2
+    _raises_at(path, 1, "tag 'S-city' is not a IOB2 tag", lambda: read_atis(path, tag_scheme="IOB2"))
+    assert read_dataset(data_dir / "atis" / "atis.train.w-intent.iob").scheme == "IOB2"
+    # CSV: the continuation label X is left out of detection and checks, wherever it is.
+    path = _write(tmp_path, "x.csv", 'labels,text\n"S-PER X O","Ann ##a said"\n"B-LOC X E-LOC","New ##y York"\n')
+    assert read_dataset(path).scheme == "BIOES"
+    assert [s.tags for s in read_csv(path)] == [["S-PER", "X", "O"], ["B-LOC", "X", "E-LOC"]]
+    _raises_at(path, 2, "tag 'S-PER' is not a IOB1 tag", lambda: read_csv(path, tag_scheme="IOB1"))
+    path = _write(tmp_path, "mixed.csv", 'labels,text\n"I-PER O",a b\n"I-PER I-PER",c d\n"S-LOC",e\n')
+    _raises_at(path, 4, "tag 'S-LOC' is not a IOB1 tag", lambda: read_csv(path))
+    # Malformed CSV is a DataFormatError too.
+    path = _write(tmp_path, "big.csv", "labels,text\n" + '"' + "a" * 200_000 + '",b\n')
+    with pytest.raises(DataFormatError, match="big.csv:2: bad CSV: field larger than field limit"):
+        list(read_csv(path))
+    # FactRuEval's tags are the reader's own IOB2.
+    assert read_dataset(data_dir / "factrueval2016" / "devset", tag_scheme="BIO").scheme == "IOB2"
+    with pytest.raises(ValueError, match="FactRuEval tags are IOB2"):
+        read_dataset(data_dir / "factrueval2016" / "devset", tag_scheme="BIOES")
+
+
+def test_nerdata_converts_each_file_to_the_model_scheme(tmp_path, minilm_dir):
+    from nertron.engine.data.loader import NerData
+
+    iob1 = ["I-ORG", "O", "I-MISC", "O", "I-PER", "I-PER", "B-PER", "O", "I-PER"]
+    train = _write(tmp_path, "train.bioes", _conll_text(from_spans(_SPANS, len(_WORDS), "BIOES")))
+    valid = _write(tmp_path, "valid.iob1", _conll_text(iob1))
+    test = _write(tmp_path, "test.bilou", _conll_text(from_spans(_SPANS, len(_WORDS), "BILOU")))
+    for target in ("IOB2", "BIOES", "IOB1"):
+        data = NerData.create(train, valid, minilm_dir, test_path=test, tag_scheme=target)
+        expected = from_spans(_SPANS, len(_WORDS), target)
+        for split in ("train", "valid", "test"):
+            assert [t for s in data.sentences(split) for t in s.tags] == expected, (target, split)
+    # source_scheme: the files' scheme, given; a file that does not fit it is rejected at its line.
+    data = NerData.create(train, None, minilm_dir, source_scheme="iobes", tag_scheme="IOB2")
+    assert [t for s in data.sentences("train") for t in s.tags] == from_spans(_SPANS, len(_WORDS), "IOB2")
+    with pytest.raises(DataFormatError, match=r"valid.iob1:3: tag 'I-ORG' breaks BIOES"):
+        NerData.create(train, valid, minilm_dir, source_scheme="BIOES")
+    # CSV with X: converted around it.
+    csv_path = _write(tmp_path, "x.csv", 'labels,text\n"S-PER X O","Ann ##a said"\n')
+    data = NerData.create(csv_path, None, minilm_dir, tag_scheme="IOB2")
+    assert data.sentences("train")[0].tags == ["B-PER", "X", "O"]
+
+
+def test_nerdata_on_conll2003_unchanged(data_dir, minilm_dir):
+    # Today's IOB1 CoNLL input: detected IOB1, converted to IOB2 exactly as the hard-wired IOB1 did.
+    from nertron.engine.data.loader import NerData
+    from nertron.tags import iob1_to_iob2
+
+    path = data_dir / "conll2003" / "eng.testa"
+    data = NerData.create(path, None, minilm_dir, valid_fraction=0.5)
+    sentences = list(read_conll(path))
+    got = data.sentences("train") + data.sentences("valid")
+    assert [(s.words, s.tags) for s in got] == [(s.words, iob1_to_iob2(s.tags)) for s in sentences]

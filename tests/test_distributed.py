@@ -99,3 +99,48 @@ def test_torchrun_two_processes_equal_single_process(tmp_path, minilm_dir, conll
     assert len(got) == 20 and got == want
     assert [json.loads(line)["text"] for line in got] == lines
     assert sum(len(json.loads(line)["entities"]) for line in got) > 0
+
+
+def test_distributed_checks_paths_before_starting(tmp_path, monkeypatch):
+    """Refused on every rank before the process group or the model: no rendezvous needed."""
+    from nertron.engine.distributed import tag_file_distributed
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    source = tmp_path / "in.txt"
+    source.write_text("EU rejects German call .\n", encoding="utf-8")
+    os.link(source, tmp_path / "hard.txt")
+    for output in (source, tmp_path / "hard.txt"):
+        with pytest.raises(ValueError, match="is the input file"):
+            tag_file_distributed(source, output, device="cpu")
+    with pytest.raises(ValueError, match="standard input"):
+        tag_file_distributed("-", tmp_path / "out.jsonl", device="cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        tag_file_distributed(source, tmp_path / "out.jsonl", device="tpu")
+    assert source.read_text(encoding="utf-8") == "EU rejects German call .\n"
+
+
+def test_torchrun_failing_rank_leaves_no_shards(tmp_path, minilm_dir, conll_dev):
+    """Line 2 (rank 1's share) is not UTF-8: both ranks stop with an error, the old output
+    stays, and no shard or temporary file is left beside it."""
+    model = tmp_path / "model"
+    make_model_dir(model, minilm_dir, conll_dev)
+    work = tmp_path / "work"
+    work.mkdir()
+    source = work / "in.txt"
+    source.write_bytes(b"EU rejects German call .\ncaf\xe9\n" + b"Peter Blackburn\n" * 6)
+    out = work / "out.jsonl"
+    out.write_text("old\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "nertron", "tag", "--model", str(model), "--device", "cpu",
+               "--input", str(source), "--output", str(out)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "nertron tag: error:" in run.stderr and "in.txt: line 2: not valid UTF-8" in run.stderr, run.stderr[-3000:]
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in work.iterdir()) == ["in.txt", "out.jsonl"]

@@ -193,3 +193,119 @@ def test_trainer_state_holds_only_what_is_trained_and_resumes(data_dir, tokenize
     for key, value in model.trained_state_dict().items():
         assert torch.equal(fresh.state_dict()[key].cpu(), value.cpu()), key
     assert [r["epoch"] for r in resumed.fit(2, resume=False)] == [2]
+
+
+@pytest.fixture(scope="module")
+def small(data_dir, tokenizer):
+    train = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.train"), 40))
+    valid = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.testa"), 20))
+    vocab = LabelVocab.from_labels(["O"] + [f"{p}-{t}" for p in "BI" for t in ("PER", "ORG", "LOC", "MISC")])
+    return NerData.from_sentences(train, valid, tokenizer, source_scheme="IOB1", vocab=vocab, batch_tokens=512)
+
+
+def _small_learner(small, minilm_dir, directory, **kwargs):
+    torch.manual_seed(0)
+    model = BertBiLSTMCRF.create(small.vocab.num_labels, minilm_dir, labels=small.vocab.labels, enc_hidden_dim=16)
+    return NerLearner(model, small, directory, progress=False, **kwargs)
+
+
+def test_refuses_a_trained_directory_unless_resume_or_overwrite(small, minilm_dir, tmp_path):
+    from nertron.engine.learner import OutputNotEmptyError
+
+    out = tmp_path / "out"
+    _small_learner(small, minilm_dir, out).fit(2)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(OutputNotEmptyError, match=f"{out} already holds .*resume=True .*overwrite=True") as info:
+        _small_learner(small, minilm_dir, out).fit(1)
+    assert isinstance(info.value, ValueError)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    with pytest.raises(ValueError, match="choose one"):
+        _small_learner(small, minilm_dir, out).fit(1, resume=True, overwrite=True)
+
+    # overwrite: a crash in the first epoch leaves the old model whole ...
+    crashing = _small_learner(small, minilm_dir, out)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    crashing._train_epoch = crash
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit(1, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # ... and a finished one replaces it, with a fresh log
+    _small_learner(small, minilm_dir, out).fit(1, overwrite=True)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1]
+    assert torch.load(out / TRAINER_STATE, weights_only=True)["epoch"] == 1
+    NerModel.load(out)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_interrupted_saves_keep_the_previous_files_and_a_readable_log(small, minilm_dir, tmp_path, monkeypatch):
+    import nertron.engine.learner as learner_module
+
+    learner = _small_learner(small, minilm_dir, tmp_path)
+    learner.fit(1)
+    state_before = (tmp_path / TRAINER_STATE).read_bytes()
+    real_save = torch.save
+
+    def interrupted_save(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+
+    monkeypatch.setattr(learner_module.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        learner.fit(2)
+    monkeypatch.setattr(learner_module.torch, "save", real_save)
+    assert (tmp_path / TRAINER_STATE).read_bytes() == state_before
+    assert torch.load(tmp_path / TRAINER_STATE, weights_only=True)["epoch"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    # a log line a crash cut short (an older, appending writer) does not break the resumed log
+    with (tmp_path / "train_log.jsonl").open("a") as log:
+        log.write('{"epoch": 2, "train_lo')
+    resumed = _small_learner(small, minilm_dir, tmp_path)
+    resumed.fit(2, resume=True)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]  # epoch 2 logged once: the interrupted run's line is gone
+
+
+def test_corrupt_trainer_state_is_one_clear_error(small, minilm_dir, tmp_path):
+    from nertron.engine.models import ModelFileError
+
+    learner = _small_learner(small, minilm_dir, tmp_path)
+    learner.fit(1)
+    state_file = tmp_path / TRAINER_STATE
+    good = state_file.read_bytes()
+
+    import argparse
+
+    cases = {
+        "truncated": (good[: len(good) // 2], "it is truncated or corrupt"),
+        "empty": (b"", "the file is empty"),
+        "garbage": (b"not a pytorch file at all" * 8, "it is not a PyTorch file"),
+    }
+    for name, (content, why) in cases.items():
+        state_file.write_bytes(content)
+        with pytest.raises(ModelFileError, match=f"cannot resume from {state_file}: {why}") as info:
+            _small_learner(small, minilm_dir, tmp_path).fit(2, resume=True)
+        assert "weights_only" not in str(info.value) and "\n" not in str(info.value), name
+    torch.save({"epoch": 1, "payload": argparse.Namespace(code=1)}, state_file)
+    with pytest.raises(ModelFileError, match="holds Python objects other than tensors") as info:
+        _small_learner(small, minilm_dir, tmp_path).fit(2, resume=True)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+    torch.save({"epoch": 1}, state_file)
+    with pytest.raises(ModelFileError, match="it lacks best_metric, optimizer, scheduler, model"):
+        _small_learner(small, minilm_dir, tmp_path).fit(2, resume=True)
+
+
+def test_corrupt_feature_cache_is_computed_again(small, minilm_dir, tmp_path):
+    cache = tmp_path / "cache"
+    _small_learner(small, minilm_dir, tmp_path / "a", cache_dir=cache).fit(1)
+    files = sorted(cache.iterdir())
+    assert len(files) == 2 and not list(cache.glob(".*"))
+    good = files[0].read_bytes()
+    files[0].write_bytes(good[:100])
+    _small_learner(small, minilm_dir, tmp_path / "b", cache_dir=cache).fit(1)
+    assert files[0].read_bytes() == good  # recomputed and replaced whole

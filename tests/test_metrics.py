@@ -1,8 +1,11 @@
 """Metrics against seqeval, sklearn and a literal port of conlleval.pl, on real CoNLL-2003/ATIS data."""
 from __future__ import annotations
 
+import math
 import random
 import warnings
+
+import numpy as np
 
 import pytest
 from seqeval import metrics as sq
@@ -209,7 +212,9 @@ def test_no_predicted_entities_and_empty_input():
                                        "correct": 0}
     empty = metrics.span_scores([], [])
     assert (empty["precision"], empty["recall"], empty["f1"], empty["support"], empty["per_type"]) == (0, 0, 0, 0, {})
-    assert empty["macro"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    # seqeval: the macro average over no entity type is NaN (whatever zero_division)
+    assert all(math.isnan(v) for v in empty["macro"].values())
+    assert empty["weighted"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
     assert metrics.span_scores([[]], [[]])["f1"] == 0.0
     only_pred = metrics.span_scores([["O"]], [["B-PER"]])
     assert (only_pred["precision"], only_pred["recall"], only_pred["support"]) == (0.0, 0.0, 0)
@@ -223,7 +228,7 @@ def test_no_predicted_entities_and_empty_input():
     (dict(y_true=[["B-PER"]], y_pred=[["B-PER"]], mode="lenient"), ValueError, "unknown mode 'lenient'"),
     (dict(y_true=[["B-PER"]], y_pred=[["B-PER"]], scheme="IOE1", mode="strict"), ValueError,
      "strict mode does not support scheme 'IOE1'"),
-    (dict(y_true=[["B-PER"]], y_pred=[["B-PER"]], scheme="BILOU"), ValueError, "use mode='strict' for BILOU"),
+    (dict(y_true=[["B-PER"]], y_pred=[["B-PER"]], scheme="BILOU"), ValueError, "use mode='strict' or 'conlleval' for BILOU"),
     (dict(y_true=[["B-PER"]], y_pred=[["B-PER"]], scheme="XYZ"), ValueError, "unknown tag scheme 'XYZ'"),
     (dict(y_true=[["S-PER"]], y_pred=[["B-PER"]], mode="strict"), ValueError, "gold sentence 0, position 0"),
 ])
@@ -305,3 +310,70 @@ def test_sentence_scores_edges():
     assert scores["accuracy"] == 0.5 and scores["per_class"]["c"]["precision"] == 0.0
     with pytest.raises(ValueError, match="2 gold labels but 1 predicted"):
         metrics.sentence_scores(["a", "b"], ["a"])
+
+
+# --- mode='conlleval', seqeval's input types, macro over no entities -------------------------
+
+
+@pytest.mark.parametrize("scheme, prefixes", [("IOB1", "BI"), ("IOB2", "BI"), ("BIOES", "BIES"), ("BILOU", "BILU")])
+def test_conlleval_mode_equals_conlleval_pl(conll_gold, scheme, prefixes):
+    gold = [convert(t, "IOB1", scheme) for t in conll_gold[:1500]]
+    pred = corrupt(gold, seed=3, prefixes=prefixes)
+    ours = metrics.span_scores(gold, pred, scheme=scheme, mode="conlleval")
+    (p, r, f), per_type, support = conlleval(gold, pred)
+    assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx((p, r, f), abs=1e-12)
+    assert ours["support"] == support
+    assert set(ours["per_type"]) == set(per_type)
+    for t, scores in per_type.items():
+        got = ours["per_type"][t]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx(scores, abs=1e-12)
+    if scheme in ("IOB1", "IOB2"):  # only B/I prefixes: the default mode is conlleval.pl
+        default = metrics.span_scores(gold, pred, scheme=scheme)
+        assert (default["precision"], default["recall"], default["f1"]) == pytest.approx((p, r, f), abs=1e-12)
+
+
+@pytest.mark.parametrize("gold, pred, default_counts, conlleval_counts", [
+    # conlleval.pl has no S rule: S-PER S-PER is one chunk (seqeval: two)
+    ([["S-PER", "S-PER"]], [["S-PER", "O"]], (1, 1, 2), (0, 1, 1)),
+    # nor a rule ending a chunk at B after E
+    ([["B-PER", "E-PER", "B-PER", "E-PER"]], [["B-PER", "E-PER", "B-PER", "E-PER"]], (2, 2, 2), (1, 1, 1)),
+    ([["B-PER", "E-PER", "S-PER"]], [["B-PER", "E-PER", "O"]], (1, 1, 2), (0, 1, 1)),
+])
+def test_conlleval_mode_differs_from_default_on_bioes(gold, pred, default_counts, conlleval_counts):
+    def counts(result):
+        return result["correct"], result["predicted"], result["support"]
+    assert counts(metrics.span_scores(gold, pred, scheme="BIOES")) == default_counts
+    ours = metrics.span_scores(gold, pred, scheme="BIOES", mode="conlleval")
+    assert counts(ours) == conlleval_counts
+    (p, r, f), _, support = conlleval(gold, pred)
+    assert (ours["precision"], ours["recall"], ours["f1"], ours["support"]) == pytest.approx((p, r, f, support))
+
+
+@pytest.mark.parametrize("y_true, y_pred", [
+    ([("B-PER", "I-PER", "O")], [("B-PER", "I-PER", "O")]),  # list of tuples
+    (np.array([["B-PER", "O"]]), np.array([["B-PER", "O"]])),  # 2-D array
+    ([np.array(["B-PER", "O"])], [np.array(["B-PER", "O"])]),  # list of arrays
+    ([["B-PER", "O"]], [("B-PER", "O")]),  # one side only
+])
+@pytest.mark.parametrize("mode", ["default", "strict", "conlleval"])
+def test_non_list_sentences_raise_type_error_like_seqeval(y_true, y_pred, mode):
+    with pytest.raises(TypeError):
+        sq.f1_score(y_true, y_pred)
+    with pytest.raises(TypeError, match="list of list"):
+        metrics.span_scores(y_true, y_pred, mode=mode)
+    with pytest.raises(TypeError, match="list of list"):
+        metrics.classification_report(y_true, y_pred, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["default", "strict", "conlleval"])
+def test_macro_average_over_no_entities_follows_seqeval(mode):
+    gold = pred = [["O", "O"], ["O"]]
+    ours = metrics.span_scores(gold, pred, mode=mode)
+    for zero_division in ("warn", 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = sq.classification_report(gold, pred, output_dict=True, zero_division=zero_division)
+        for key, theirs in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
+            assert math.isnan(report["macro avg"][theirs]) and math.isnan(ours["macro"][key])
+            assert ours["weighted"][key] == report["weighted avg"][theirs] == 0.0
+            assert ours[key] == report["micro avg"][theirs] == 0.0

@@ -232,3 +232,77 @@ def test_save_writes_each_piece_once_and_load_reads_the_old_layout(minilm_dir, t
     again = NerModel.load(tmp_path / "bare")
     assert again.config.labels is None and again.label_names == LabelVocab(LABELS).labels
     assert not list((tmp_path / "bare").glob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.fixture(scope="module")
+def saved_dir(minilm_dir, tmp_path_factory):
+    """One small saved model, copied by each test that damages it."""
+    directory = tmp_path_factory.mktemp("saved") / "model"
+    _make(BertBiLSTMCRF, minilm_dir).save(directory)
+    return directory
+
+
+def _copy(saved_dir, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(saved_dir, tmp_path / "copy"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"head\.safetensors: not a readable safetensors file \(empty, truncated or corrupt"),
+    (b"garbage, not safetensors" * 4, r"head\.safetensors: not a readable safetensors file"),
+    ("truncated", r"head\.safetensors: not a readable safetensors file \(empty, truncated or corrupt"),
+])
+def test_damaged_head_file_is_one_clear_error(saved_dir, tmp_path, content, message):
+    from nertron.engine.models import ModelFileError
+
+    directory = _copy(saved_dir, tmp_path)
+    head = directory / "head.safetensors"
+    if content == "truncated":
+        content = head.read_bytes()[:-100]
+    head.write_bytes(content)
+    with pytest.raises(ModelFileError, match=message) as info:
+        NerModel.load(directory)
+    assert str(head) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_model_json_errors_name_the_file_and_the_problem(saved_dir, tmp_path):
+    import json
+
+    from nertron.engine.models import ModelFileError
+
+    directory = _copy(saved_dir, tmp_path)
+    meta_file = directory / "model.json"
+    meta = json.loads(meta_file.read_text())
+
+    def fails(text, message):
+        meta_file.write_text(text if isinstance(text, str) else json.dumps(text))
+        with pytest.raises(ModelFileError, match=message) as info:
+            NerModel.load(directory)
+        assert str(meta_file) in str(info.value) and "\n" not in str(info.value)
+
+    fails('{"class": "BertBiLSTMCRF",\n "config": {,}}', r"not valid JSON: .* at line 2, column 13")
+    fails("", "not valid JSON: Expecting value at line 1, column 1")
+    fails([meta], "expected a JSON object with 'class' and 'config', found a list")
+    fails({k: v for k, v in meta.items() if k != "config"}, "the field 'config' is missing")
+    fails({**meta, "surplus": 1}, "unknown field")
+    fails({**meta, "config": [1]}, "'config' must be an object, found a list")
+    config = meta["config"]
+    fails({**meta, "config": {k: v for k, v in config.items() if k != "label_size"}}, "lacks the field.*'label_size'")
+    fails({**meta, "config": {**config, "colour": "red"}}, "unknown config field.*'colour'")
+    fails({**meta, "config": {**config, "enc_hidden_dim": "32"}}, "'enc_hidden_dim' must be an integer, found a string")
+    fails({**meta, "config": {**config, "freeze": 1}}, "'freeze' must be true or false, found an integer")
+    fails({**meta, "config": {**config, "labels": "O"}}, "'labels' must be a list of strings, found a string")
+    fails({**meta, "config": {**config, "input_dropout": 3}}, "'input_dropout' must be a probability")
+    fails({**meta, "config": {**config, "rnn_layers": 10**9}}, "'rnn_layers' must be between 1 and 64")
+    fails({**meta, "class": 7}, "unknown model class 7")
+    meta_file.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ModelFileError, match="model.json: not UTF-8 text"):
+        NerModel.load(directory)
+    # a config that does not fit the weights: named before anything is allocated
+    fails({**meta, "config": {**config, "enc_hidden_dim": 1 << 20}}, r"head\.safetensors does not fit BertBiLSTMCRF")
+    meta_file.write_text(json.dumps(meta))
+    assert NerModel.load(directory).config.enc_hidden_dim == 32  # the original still loads
+    (directory / "head.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"head\.safetensors: missing"):
+        NerModel.load(directory)

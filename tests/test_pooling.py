@@ -18,12 +18,15 @@ from nertron.kernels import pooling as kernels
 # Copyright the AllenNLP authors, licensed under the Apache License, Version 2.0.
 # --------------------------------------------------------------------------------------
 class _AllenNLPConfigurationError(Exception):
+    def __reduce__(self):
+        return type(self), (self.message,)
+
     def __init__(self, message):
         super().__init__()
         self.message = message
 
     def __str__(self):
-        return repr(self.message)
+        return self.message
 
 
 def _allennlp_tiny_value_of_dtype(dtype: torch.dtype):
@@ -377,13 +380,25 @@ def test_scalar_mix_state_dict_and_parameters():
     assert ScalarMix(3).gamma.item() == 1.0
 
 
+def test_configuration_error_str_and_pickle_match_allennlp():
+    import pickle
+    message = "2 tensors were passed, but the module was initialized to mix 3 tensors."
+    err = ConfigurationError(message)
+    assert str(err) == message == str(_AllenNLPConfigurationError(message))
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is ConfigurationError
+    assert back.message == message and str(back) == message
+    theirs = pickle.loads(pickle.dumps(_AllenNLPConfigurationError(message)))
+    assert theirs.message == back.message
+
+
 def test_scalar_mix_errors_match_allennlp():
     with pytest.raises(ConfigurationError) as ours:
         ScalarMix(3, initial_scalar_parameters=[0.0, 1.0])
     with pytest.raises(_AllenNLPConfigurationError) as theirs:
         AllenNLPScalarMix(3, initial_scalar_parameters=[0.0, 1.0])
     assert ours.value.message == theirs.value.message
-    assert str(ours.value) == str(theirs.value) == repr("Length of initial_scalar_parameters [0.0, 1.0] differs from mixture_size 3")
+    assert str(ours.value) == str(theirs.value) == "Length of initial_scalar_parameters [0.0, 1.0] differs from mixture_size 3"
 
     tensors = [torch.zeros(2, 3, 4)] * 2
     for backend in ("torch", "triton"):

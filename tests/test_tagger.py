@@ -5,6 +5,7 @@ import io
 import itertools
 import json
 import math
+import os
 import random
 import sys
 
@@ -472,3 +473,92 @@ def test_cli_tag(model_dir, tagger, texts, tmp_path, capsys, monkeypatch):
     assert "needs a CUDA device" in capsys.readouterr().err
     assert cli.main(["tag", "--model", str(model_dir)]) == 2
     assert "nothing to tag" in capsys.readouterr().err
+
+
+# --- input types, devices, iterable errors, files that must not be lost ------------------------------
+
+
+@pytest.mark.parametrize("bad, named", [(None, "NoneType"), (123, "int"), (b"Peter Blackburn", "bytes"),
+                                        (bytearray(b"x"), "bytearray"), ({"Peter Blackburn": 1}, "mapping"),
+                                        ({"Peter Blackburn", "EU"}, "set"), (frozenset({"EU"}), "frozenset")])
+def test_tag_rejects_what_is_not_text(tagger, bad, named):
+    with pytest.raises(TypeError, match=rf"tag takes a str, or a list \(or other iterable\) of str, not .*{named}"):
+        tagger.tag(bad)
+    with pytest.raises(TypeError, match=named):
+        tagger.tag_iter(bad)  # at the call, not at the first next()
+    with pytest.raises(TypeError, match=named):
+        tagger.tag_words(bad)
+    # ordered iterables are fine
+    assert tagger.tag(iter(["EU rejects German call ."])) == tagger.tag(("EU rejects German call .",))
+
+
+def test_device_ints_follow_hugging_face(model_dir, tagger):
+    assert Tagger(tagger.model, tagger.tokenizer, device=-1).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        Tagger.load(model_dir, device="tpu")
+    if not torch.cuda.is_available():
+        for device in (0, "cuda", "cuda:1"):
+            with pytest.raises(ValueError, match="needs CUDA, which this machine does not have"):
+                Tagger.load(model_dir, device=device)
+    with pytest.raises(ValueError, match="device -2"):
+        Tagger.load(model_dir, device=-2)
+
+
+def test_iterable_error_names_the_item_after_earlier_results(tagger, texts):
+    def failing():
+        yield from texts[:4]
+        raise OSError("disk gone")
+
+    for chunk_size in (2, 3, 1024):
+        results = tagger.tag_iter(failing(), chunk_size=chunk_size)
+        got = []
+        with pytest.raises(RuntimeError, match=r"the input iterable raised at item 4 \(OSError\): disk gone") as info:
+            for entities in results:
+                got.append(entities)
+        assert isinstance(info.value.__cause__, OSError)
+        assert [key(r) for r in got] == [key(r) for r in tagger.tag(texts[:4])]  # yielded before the error
+
+
+def test_tag_file_never_loses_the_old_output(tagger, texts, tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text("old results\n")
+    with pytest.raises(FileNotFoundError, match="no input file"):
+        tagger.tag_file(tmp_path / "missing.txt", out)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("EU\n".encode() * 1100 + b"caf\xe9\n")  # after the first chunk of 1,024 lines
+    with pytest.raises(ValueError, match=r"bad\.txt: line 1101: not valid UTF-8"):
+        tagger.tag_file(bad, out)
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        tagger.tag_file(tmp_path / "dir", out)
+    with pytest.raises(ValueError, match="the output .* is a directory"):
+        tagger.tag_file(bad, tmp_path / "dir")
+    assert out.read_text() == "old results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "dir", "out.jsonl"]  # no temporary file
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(texts[:3]) + "\n", encoding="utf-8")
+    out.chmod(0o640)
+    assert tagger.tag_file(good, out) == 3  # replaced when complete, its permissions kept
+    assert len(out.read_text().splitlines()) == 3 and out.stat().st_mode & 0o777 == 0o640
+
+
+def test_tag_file_refuses_the_input_by_any_name(tagger, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("Peter Blackburn\n", encoding="utf-8")
+    (tmp_path / "link.txt").symlink_to(source)
+    os_link = tmp_path / "hard.txt"
+    os.link(source, os_link)
+    for other in (source, tmp_path / "link.txt", os_link, tmp_path / "." / "in.txt"):
+        with pytest.raises(ValueError, match="is the input file"):
+            tagger.tag_file(source, other)
+        with pytest.raises(ValueError, match="is the input file"):
+            tagger.tag_file(other, source)
+    assert source.read_text(encoding="utf-8") == "Peter Blackburn\n"
+
+
+def test_fifo_input_is_refused_without_blocking(tagger, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"pipe is a named pipe \(FIFO\)"):
+        tagger.tag_file(fifo, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()

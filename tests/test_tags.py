@@ -22,6 +22,7 @@ BIO = ["<pad>", "O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 IOB1 = ["O", "I-PER", "B-PER", "I-LOC", "B-LOC", "[PAD]"]
 BIOES = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC", "<pad>"]
 BILOU = ["O", "B-PER", "I-PER", "L-PER", "U-PER", "B-LOC", "I-LOC", "L-LOC", "U-LOC"]
+BMES = ["B-PER", "M-PER", "E-PER", "S-PER", "B-LOC", "M-LOC", "E-LOC", "S-LOC"]
 
 
 def test_module_depends_on_nothing_of_nertron_or_torch():
@@ -47,16 +48,35 @@ def test_scheme_names(name, canonical, constraint):
     assert normalize_strict_scheme(name) == canonical
 
 
-@pytest.mark.parametrize("name", ["BILOU", "bilou", "BIOUL", "bioul"])
-def test_bilou_is_a_constraint_scheme_only(name):
-    # L-/U- are read by parse_label (CRF constraints), not by spans/conversions: those reject it,
-    # as they always did.
+@pytest.mark.parametrize("name, canonical", [
+    ("BILOU", "BILOU"), ("bilou", "BILOU"), ("BIOUL", "BILOU"), ("bioul", "BILOU"), ("BMES", "BMES"),
+    ("bmes", "BMES"),
+])
+def test_bilou_and_bmes_names(name, canonical):
+    # Full schemes (spans, conversions) whose CRF constraints are BIOES's, L-/U-/M- read as E-/S-/I-.
+    assert normalize_scheme(name) == canonical
     assert constraint_scheme(name) == "BIOES"
-    with pytest.raises(ValueError, match="unknown tag scheme"):
-        normalize_scheme(name)
 
 
-@pytest.mark.parametrize("name", ["IOX", "", "IOE1", None, 3])
+@pytest.mark.parametrize("name, canonical", [
+    ("IOE1", "IOE1"), ("ioe1", "IOE1"), ("IOE2", "IOE2"), ("Ioe2", "IOE2"), ("IOE", "IOE2"), ("ioe", "IOE2"),
+])
+def test_ioe_names(name, canonical):
+    assert normalize_scheme(name) == canonical
+    with pytest.raises(ValueError, match=f"no CRF constraint rules for tag scheme {name!r}"):
+        constraint_scheme(name)
+
+
+def test_every_name_in_any_case():
+    assert set(tags.SCHEME_NAMES) == {"IOB1", "IOB2", "BIO", "IOE1", "IOE2", "IOE", "BIOES", "IOBES", "BILOU",
+                                      "BIOUL", "BMES"}
+    for name in tags.SCHEME_NAMES:
+        for spelling in (name, name.lower(), name.capitalize()):
+            assert normalize_scheme(spelling) in tags.SCHEMES
+            assert scheme_prefixes(spelling) == scheme_prefixes(name)
+
+
+@pytest.mark.parametrize("name", ["IOX", "", "IOB", "BILUO", None, 3])
 def test_unknown_scheme_names(name):
     with pytest.raises(ValueError, match="unknown tag scheme"):
         normalize_scheme(name)
@@ -68,13 +88,16 @@ def test_unknown_scheme_names(name):
 
 def test_strict_scheme_names():
     assert normalize_strict_scheme("ioe2") == "IOE2"
-    assert normalize_strict_scheme("bilou") == "BILOU"
+    assert normalize_strict_scheme("bilou") == normalize_strict_scheme("BIOUL") == "BILOU"
+    assert normalize_strict_scheme("ioe") == "IOE2"
     assert tags.STRICT_SCHEMES == ("IOB1", "IOB2", "IOE2", "BIOES", "BILOU")
 
 
 def test_scheme_prefixes():
     assert scheme_prefixes("bio") == scheme_prefixes("IOB1") == frozenset("BI")
     assert scheme_prefixes("IOBES") == tags.CONLL_PREFIXES == frozenset("BIES")
+    assert scheme_prefixes("ioe") == scheme_prefixes("IOE1") == frozenset("IE")
+    assert scheme_prefixes("bioul") == frozenset("BILU") and scheme_prefixes("BMES") == frozenset("BMES")
 
 
 def test_schemes_module_reexports_tags():
@@ -129,6 +152,9 @@ def test_conll_spans_reads_every_prefix():
     ("U-PER", "BIOES", ("S", "PER")),
     ("L-PER", "BIO", ("?", None)),
     ("Q-PER", "BIOES", ("?", None)),
+    ("M-PER", "BIOES", ("I", "PER")),
+    ("M-PER", "BIO", ("?", None)),
+    ("M-PER", "IOB1", ("?", None)),
     ("<pad>", "BIOES", ("?", None)),
     ("[PAD]", "BIO", ("?", None)),
     ("-PER", "BIO", ("?", None)),
@@ -140,7 +166,7 @@ def test_parse_label(label, scheme, parsed):
 
 @pytest.mark.parametrize("labels, scheme", [
     (BIO, "BIO"), (BIO, "IOB2"), (IOB1, "IOB1"), (BIOES, "BIOES"), (BIOES, "IOBES"), (BILOU, "BILOU"),
-    (BIOES + ["L-ORG", "U-ORG"], "BIOES"),
+    (BIOES + ["L-ORG", "U-ORG"], "BIOES"), (BILOU, "bioul"), (BMES, "BMES"), (BMES, "bmes"),
 ])
 def test_allowed_matches_allowed_transitions(labels, scheme):
     key = constraint_scheme(scheme)
@@ -180,3 +206,66 @@ def test_model_constraints_accept_every_scheme_name(minilm_dir, tag_scheme, labe
     transitions[pad, :] = transitions[:, pad] = start[pad] = end[pad] = False
     assert torch.equal(model.crf.allowed_transitions, transitions)
     assert torch.equal(model.crf.allowed_start, start) and torch.equal(model.crf.allowed_end, end)
+
+
+# --- AllenNLP's constraint names -----------------------------------------------------------------
+
+def _allennlp_allowed(constraint: str, from_label: str, to_label: str) -> bool:
+    """AllenNLP's ``is_transition_allowed`` (allennlp/modules/conditional_random_field.py), with
+    ``START``/``END`` as labels."""
+    def split(label):
+        return (label, "") if label in ("START", "END", "O") else (label[0], label[1:])
+    (from_tag, from_entity), (to_tag, to_entity) = split(from_label), split(to_label)
+    if to_tag == "START" or from_tag == "END":
+        return False
+    if constraint == "BIOUL":
+        if from_tag == "START":
+            return to_tag in ("O", "B", "U")
+        if to_tag == "END":
+            return from_tag in ("O", "L", "U")
+        return (from_tag in ("O", "L", "U") and to_tag in ("O", "B", "U")) or (
+            from_tag in ("B", "I") and to_tag in ("I", "L") and from_entity == to_entity)
+    if constraint == "BIO":
+        if from_tag == "START":
+            return to_tag in ("O", "B")
+        if to_tag == "END":
+            return from_tag in ("O", "B", "I")
+        return to_tag in ("O", "B") or (to_tag == "I" and from_tag in ("B", "I") and from_entity == to_entity)
+    if constraint == "IOB1":
+        if from_tag == "START":
+            return to_tag in ("O", "I")
+        if to_tag == "END":
+            return from_tag in ("O", "B", "I")
+        return to_tag in ("O", "I") or (to_tag == "B" and from_tag in ("B", "I") and from_entity == to_entity)
+    assert constraint == "BMES"
+    if from_tag == "START":
+        return to_tag in ("B", "S")
+    if to_tag == "END":
+        return from_tag in ("E", "S")
+    return (to_tag in ("B", "S") and from_tag in ("E", "S")) or (
+        to_tag in ("M", "E") and from_tag in ("B", "M") and from_entity == to_entity)
+
+
+@pytest.mark.parametrize("constraint, labels", [
+    ("BIO", BIO[1:]), ("IOB1", IOB1[:-1]), ("BIOUL", BILOU), ("BMES", BMES),
+])
+def test_allennlp_constraint_names(constraint, labels):
+    # AllenNLP's names go straight to nertron.bindings.crf.allowed_transitions and give its rules.
+    for name in (constraint, constraint.lower()):
+        c = allowed_transitions(labels, name)
+        for i, a in enumerate(labels):
+            assert c.start[i].item() == _allennlp_allowed(constraint, "START", a), (name, a)
+            assert c.end[i].item() == _allennlp_allowed(constraint, a, "END"), (name, a)
+            for j, b in enumerate(labels):
+                assert c.transitions[i, j].item() == _allennlp_allowed(constraint, a, b), (name, a, b)
+
+
+def test_bmes_allows_o_between_entities():
+    # AllenNLP's BMES (word segmentation) has no O; here O may come between entities (BIOES rules).
+    labels = ["O"] + BMES
+    c = allowed_transitions(labels, "BMES")
+    o = 0
+    assert c.start[o] and c.end[o] and c.transitions[o, o]
+    for j, label in enumerate(labels):
+        assert c.transitions[o, j].item() == (label[0] in "OBS")
+        assert c.transitions[j, o].item() == (label[0] in "OES")

@@ -18,9 +18,14 @@ The PyTorch reference implementations (``crf_score_torch``, ``crf_log_partition_
 :mod:`nertron.bindings.crf_reference` and are re-exported here.
 
 Masks follow pytorch-crf: ``(T, B)`` (or ``(B, T)`` with ``batch_first``) bool/uint8, the
-first step all on. They are taken to be prefix masks (ones, then zeros), as pytorch-crf's
-own ``decode`` does when it takes lengths from ``mask.sum(0)``; the Triton kernels work on
-those lengths (each launcher checks ``1 <= length <= T``, which such masks always meet).
+first step all on. The fast paths (the Triton kernels and the vectorised reference) work on
+prefix masks (ones, then zeros) and their lengths ``mask.sum`` (each launcher checks
+``1 <= length <= T``, which such masks always meet). ``CRF.forward`` and ``CRF.decode``
+(list output) give pytorch-crf's results for any other input too: a mask with a gap
+(``[1, 0, 1]``), an empty batch, or ``inf``/``nan`` emissions or parameters make them run
+pytorch-crf's own step-by-step algorithms (``crf_llh_torchcrf``, ``crf_viterbi_torchcrf``,
+one host synchronisation to decide), on every backend. The extras (``decode(as_tensor=True)``,
+``nbest``, ``marginals``, ``span_log_probs``) refuse masks with gaps with a ``ValueError``.
 
 All statistics are computed in fp32 (fp64 when emissions and parameters are fp64 on the
 reference path), whatever the emission dtype; ``crf_span_log_probs`` with
@@ -42,7 +47,11 @@ from nertron.bindings.crf_reference import (
     crf_marginals_torch,
     crf_score_torch,
     crf_viterbi_nbest_torch,
+    crf_llh_torchcrf,
     crf_viterbi_torch,
+    crf_viterbi_torchcrf,
+    is_prefix_mask,
+    needs_torchcrf_compat,
     trim_to_longest,
 )
 from nertron.tags import allowed, constraint_scheme, parse_label
@@ -364,6 +373,18 @@ class CRF(nn.Module):
             return CRFLogPartition.apply(emissions, lengths, start, end, trans)
         return crf_log_partition_torch(emissions, mask, start, end, trans)
 
+    def _compat(self, emissions: torch.Tensor, mask: torch.Tensor) -> bool:
+        """Whether pytorch-crf's own algorithms must run (see ``needs_torchcrf_compat``)."""
+        return needs_torchcrf_compat(emissions, mask, self.start_transitions,
+                                     self.end_transitions, self.transitions)
+
+    @staticmethod
+    def _require_prefix(mask: torch.Tensor, what: str) -> None:
+        if mask.numel() and not is_prefix_mask(mask):
+            raise ValueError(f'{what} needs prefix masks (ones, then zeros), got a mask with a '
+                             'gap; forward and decode (list output) accept such masks as '
+                             'pytorch-crf does')
+
     # ---------------------------------------------------------------- public API
     def forward(
             self,
@@ -388,12 +409,21 @@ class CRF(nn.Module):
         if reduction not in ('none', 'sum', 'mean', 'token_mean'):
             raise ValueError(f'invalid reduction: {reduction}')
         emissions, mask, tags = self._batch_first(emissions, mask, tags)
+        if self._compat(emissions, mask):
+            # gapped masks, empty batches, inf/nan: pytorch-crf's own algorithm
+            llh = crf_llh_torchcrf(emissions, tags, mask, self.start_transitions,
+                                   self.end_transitions, self.transitions)
+            return self._reduce(llh, mask, reduction)
         # shape: (B,)
         numerator = crf_score_torch(emissions, tags, mask, self.start_transitions,
                                     self.end_transitions, self.transitions)
         # shape: (B,)
         denominator = self._log_partition(emissions, mask)
         llh = numerator - denominator.to(numerator.dtype)
+        return self._reduce(llh, mask, reduction)
+
+    @staticmethod
+    def _reduce(llh: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
         if reduction == 'none':
             return llh
         if reduction == 'sum':
@@ -429,6 +459,14 @@ class CRF(nn.Module):
         if nbest is not None:
             if isinstance(nbest, bool) or not isinstance(nbest, int) or nbest < 1:
                 raise ValueError(f"nbest must be a positive int, got {nbest!r}")
+            self._require_prefix(mask, 'decode(nbest=...)')
+            if emissions.size(0) == 0:
+                if as_tensor:
+                    tags = torch.full((nbest, *mask.shape), pad_tag, dtype=torch.int64,
+                                      device=emissions.device)
+                    return ((tags if self.batch_first else tags.transpose(1, 2)),
+                            emissions.new_zeros((nbest, 0), dtype=torch.float32))
+                return []
             with torch.no_grad():
                 tags, scores = crf_viterbi_nbest_torch(emissions, mask, start, end, trans, nbest, pad_tag=pad_tag)
             if as_tensor:
@@ -438,6 +476,18 @@ class CRF(nn.Module):
             paths = tags.permute(1, 0, 2).tolist()  # shape: (B, nbest, T)
             return [[path[:n] for path, ok in zip(rows, keep) if ok]
                     for rows, keep, n in zip(paths, alive, lengths)]
+        if self._compat(emissions, mask):
+            # gapped masks, empty batches, inf/nan: pytorch-crf's own algorithm
+            if as_tensor:
+                self._require_prefix(mask, 'decode(as_tensor=True)')
+            with torch.no_grad():
+                paths, scores = crf_viterbi_torchcrf(emissions, mask, start, end, trans)
+            if not as_tensor:
+                return paths
+            tags = torch.full(mask.shape, pad_tag, dtype=torch.int64, device=emissions.device)
+            for b, path in enumerate(paths):
+                tags[b, :len(path)] = torch.tensor(path, dtype=torch.int64)
+            return (tags if self.batch_first else tags.t()), scores
         with torch.no_grad():
             if self._use_triton(emissions):
                 lengths = mask.sum(1).to(torch.int32)
@@ -464,7 +514,11 @@ class CRF(nn.Module):
         """
         self._validate(emissions, mask=mask)
         emissions, mask = self._batch_first(emissions, mask)
+        self._require_prefix(mask, 'marginals')
         start, end, trans = self.transition_scores(constrained=True)
+        if emissions.size(0) == 0:
+            probs = emissions.new_zeros(emissions.shape, dtype=torch.float32)
+            return probs if self.batch_first else probs.transpose(0, 1)
         with torch.no_grad():
             if self._use_triton(emissions):
                 lengths = mask.sum(1).to(torch.int32)
@@ -497,6 +551,7 @@ class CRF(nn.Module):
         """
         self._validate(emissions, tags=tags, mask=mask)
         emissions, mask, tags = self._batch_first(emissions, mask, tags)
+        self._require_prefix(mask, 'span_log_probs')
         start, end, trans = self.transition_scores(constrained=True)
         with torch.no_grad():
             return crf_span_log_probs(emissions, mask, tags, spans, start.float(), end.float(),

@@ -11,7 +11,11 @@ Every function is vectorised over the batch and loops over time only:
   (``crf_alpha_beta_torch``: ``_alphas`` and the one beta recursion, ``_betas``, which
   ``crf_span_log_probs`` shares);
 * ``crf_viterbi_torch`` / ``crf_viterbi_nbest_torch``: the best / ``nbest`` best paths,
-  with a batched back-trace.
+  with a batched back-trace;
+* ``crf_llh_torchcrf`` / ``crf_viterbi_torchcrf``: pytorch-crf's own step-by-step
+  algorithms, which ``CRF.forward`` / ``CRF.decode`` fall back to (``needs_torchcrf_compat``)
+  for non-prefix masks, empty batches and non-finite scores, so that they return exactly
+  what pytorch-crf returns there.
 
 Layout: emissions ``(B, T, K)``, mask ``(B, T)`` bool prefix mask (ones, then zeros, the
 first step on), tags ``(B, T)`` int64, start/end ``(K,)``, transitions ``(K, K)`` with
@@ -33,6 +37,10 @@ __all__ = [
     "crf_marginals_torch",
     "crf_viterbi_torch",
     "crf_viterbi_nbest_torch",
+    "needs_torchcrf_compat",
+    "is_prefix_mask",
+    "crf_llh_torchcrf",
+    "crf_viterbi_torchcrf",
 ]
 
 # Largest spread (max - min) of finite transition scores for which the reference forward
@@ -382,3 +390,122 @@ def crf_viterbi_nbest_torch(emissions: torch.Tensor, mask: torch.Tensor, start: 
     # paths that do not exist (fewer allowed paths than n) are all pad_tag
     tags.masked_fill_((scores == float("-inf")).t().unsqueeze(2), pad_tag)
     return tags, scores.t().contiguous()
+
+
+# --------------------------------------------------------------------------------------
+# pytorch-crf's own algorithms, for the inputs the fast paths do not cover
+# --------------------------------------------------------------------------------------
+def needs_torchcrf_compat(emissions: torch.Tensor, mask: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether ``CRF.forward`` / ``CRF.decode`` must run pytorch-crf's own algorithms
+    (:func:`crf_llh_torchcrf`, :func:`crf_viterbi_torchcrf`) to give pytorch-crf's result.
+
+    True for an empty batch or sequence, a mask that is not a prefix mask (a step on after
+    a step off, e.g. ``[1, 0, 1]``: the fast paths work on lengths ``mask.sum``), or
+    non-finite emissions or parameters (``inf``/``nan``, whose propagation depends on the
+    exact order of pytorch-crf's operations). One host synchronisation.
+
+    Args:
+        emissions: ``(B, T, K)``; mask: ``(B, T)`` bool; params: tensors checked for finiteness.
+    """
+    if emissions.numel() == 0:
+        return True
+    # shape: ()
+    flag = (mask[:, 1:] & ~mask[:, :-1]).any() | ~torch.isfinite(emissions).all()
+    for p in params:
+        flag = flag | ~torch.isfinite(p.detach()).all()
+    return bool(flag)
+
+
+def is_prefix_mask(mask: torch.Tensor) -> bool:
+    """Whether every row of a ``(B, T)`` bool mask is ones then zeros."""
+    return not bool((mask[:, 1:] & ~mask[:, :-1]).any())
+
+
+def crf_llh_torchcrf(emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor,
+                     start: torch.Tensor, end: torch.Tensor, transitions: torch.Tensor) -> torch.Tensor:
+    """Log-likelihood computed exactly as pytorch-crf 0.7.2 computes it (``_compute_score``
+    minus ``_compute_normalizer``), step by step, differentiable by autograd.
+
+    Any mask (first step on): a masked step keeps the previous forward score and adds
+    nothing to the path score, but the transition into an unmasked step is taken from the
+    tag of the step just before it (masked or not), and the end transition from the tag at
+    position ``mask.sum() - 1``, as pytorch-crf does. ``inf``/``nan`` propagate as in
+    pytorch-crf (e.g. a masked ``inf`` emission times a 0 mask gives ``nan``).
+
+    Args:
+        emissions: ``(B, T, K)``; tags: ``(B, T)`` int64; mask: ``(B, T)`` bool;
+        start, end: ``(K,)``; transitions: ``(K, K)``.
+
+    Returns:
+        ``(B,)`` log-likelihoods in the compute dtype. ``T == 0`` raises ``IndexError``, as
+        in pytorch-crf.
+    """
+    dt = compute_dtype(emissions, transitions)
+    # time first, as pytorch-crf
+    # shape: (T, B, K), (T, B), (T, B)
+    em = emissions.transpose(0, 1).to(dt)
+    tg = tags.transpose(0, 1)
+    m = mask.transpose(0, 1)
+    start, end, transitions = start.to(dt), end.to(dt), transitions.to(dt)
+    seq_length, batch_size = tg.shape
+    ar = torch.arange(batch_size, device=em.device)
+    mf = m.to(dt)
+    # numerator (_compute_score)
+    # shape: (B,)
+    score = start[tg[0]] + em[0, ar, tg[0]]
+    for i in range(1, seq_length):
+        score = score + transitions[tg[i - 1], tg[i]] * mf[i]
+        score = score + em[i, ar, tg[i]] * mf[i]
+    seq_ends = m.long().sum(dim=0) - 1
+    score = score + end[tg[seq_ends, ar]]
+    # denominator (_compute_normalizer)
+    # shape: (B, K)
+    norm = start + em[0]
+    for i in range(1, seq_length):
+        nxt = torch.logsumexp(norm.unsqueeze(2) + transitions + em[i].unsqueeze(1), dim=1)
+        norm = torch.where(m[i].unsqueeze(1), nxt, norm)
+    norm = norm + end
+    return score - torch.logsumexp(norm, dim=1)
+
+
+def crf_viterbi_torchcrf(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor,
+                         end: torch.Tensor, transitions: torch.Tensor
+                         ) -> Tuple[List[List[int]], torch.Tensor]:
+    """Viterbi decoding exactly as pytorch-crf 0.7.2's ``_viterbi_decode``, for any mask.
+
+    Masked steps keep the previous scores; each sequence's path has ``mask.sum()`` tags,
+    traced back through the first ``mask.sum() - 1`` back-pointers from the best final tag.
+
+    Args:
+        emissions: ``(B, T, K)``; mask: ``(B, T)`` bool; start, end: ``(K,)``;
+        transitions: ``(K, K)`` (``-inf`` where disallowed).
+
+    Returns:
+        the paths (lists of ints) and the best final scores ``(B,)``.
+    """
+    dt = compute_dtype(emissions, transitions)
+    em = emissions.transpose(0, 1).to(dt)
+    m = mask.transpose(0, 1)
+    start, end, transitions = start.to(dt), end.to(dt), transitions.to(dt)
+    seq_length, batch_size = m.shape
+    # shape: (B, K)
+    score = start + em[0]
+    history = []
+    for i in range(1, seq_length):
+        nxt, indices = (score.unsqueeze(2) + transitions + em[i].unsqueeze(1)).max(dim=1)
+        score = torch.where(m[i].unsqueeze(1), nxt, score)
+        history.append(indices)
+    score = score + end
+    seq_ends = (m.long().sum(dim=0) - 1).tolist()
+    if batch_size == 0:
+        return [], score.new_zeros((0,))
+    best_scores, best_last = score.max(dim=1)
+    hist = torch.stack(history).tolist() if history else []
+    paths = []
+    for idx in range(batch_size):
+        best = [int(best_last[idx])]
+        for h in reversed(hist[:seq_ends[idx]]):
+            best.append(h[idx][best[-1]])
+        best.reverse()
+        paths.append(best)
+    return paths, best_scores

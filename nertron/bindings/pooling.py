@@ -53,16 +53,21 @@ class ConfigurationError(Exception):
     """Raised by :class:`ScalarMix` when misconfigured, like AllenNLP's own.
 
     A copy of ``allennlp.common.checks.ConfigurationError`` (AllenNLP is not a dependency):
-    the text is kept in ``.message`` and ``str(error)`` is ``repr(message)``. Code catching
-    AllenNLP's class will not catch this one; catch ``nertron.bindings.pooling.ConfigurationError``.
+    the text is kept in ``.message``, ``str(error)`` is the plain message, and ``__reduce__``
+    makes it survive pickling (e.g. across DataLoader workers or multiprocessing). Code
+    catching AllenNLP's class will not catch this one; catch
+    ``nertron.bindings.pooling.ConfigurationError``.
     """
+
+    def __reduce__(self):
+        return type(self), (self.message,)
 
     def __init__(self, message: str):
         super().__init__()
         self.message = message
 
     def __str__(self) -> str:
-        return repr(self.message)
+        return self.message
 
 
 def tiny_value_of_dtype(dtype: torch.dtype) -> float:

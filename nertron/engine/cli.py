@@ -6,6 +6,7 @@ Subcommands import what they need when they run, so ``nertron --help`` starts in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -105,6 +106,18 @@ def _summary_table(title: str, scores: dict) -> str:
     return "\n".join(rows)
 
 
+@contextlib.contextmanager
+def _cli_flags() -> Iterator[None]:
+    """Errors of the data layer that name a Python argument name the command-line flag instead."""
+    try:
+        yield
+    except ValueError as err:
+        message = str(err).replace("unseen_labels='score'", "--unseen-labels score")
+        if message == str(err):
+            raise
+        raise ValueError(message) from err
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
@@ -112,16 +125,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from nertron.engine.checkpoint import default_checkpoint_dir
     from nertron.engine.data.loader import NerData
+    from nertron.engine.files import write_atomic
     from nertron.engine.learner import NerLearner
     from nertron.engine.models import MODEL_CLASSES
 
     torch.manual_seed(args.seed)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in OUTPUT, --overwrite replaces it: choose one")
+    if not (args.resume or args.overwrite):
+        from nertron.engine.learner import check_output_dir
+
+        check_output_dir(args.output)  # before reading any data: refuse early, lose nothing
     if args.valid is None and args.valid_fraction is None:
         raise ValueError("a validation set is needed to pick the best model: give --valid or --valid-fraction")
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint_dir()
-    data = NerData.create(args.train, args.valid, checkpoint, test_path=args.test, data_format=args.format,
-                          tag_scheme=args.tag_scheme, batch_tokens=args.batch_tokens, seed=args.seed,
-                          valid_fraction=args.valid_fraction, unseen_labels=args.unseen_labels)
+    with _cli_flags():
+        data = NerData.create(args.train, args.valid, checkpoint, test_path=args.test, data_format=args.format,
+                              tag_scheme=args.tag_scheme, source_scheme=args.data_scheme,
+                              batch_tokens=args.batch_tokens, seed=args.seed,
+                              valid_fraction=args.valid_fraction, unseen_labels=args.unseen_labels)
     cls = MODEL_CLASSES[args.model]
     options = dict(labels=data.vocab.labels, tag_scheme=args.tag_scheme, enc_hidden_dim=args.enc_hidden_dim,
                    rnn_layers=args.rnn_layers, num_heads=args.num_heads, key_dim=args.key_dim, val_dim=args.val_dim,
@@ -135,7 +157,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     learner = NerLearner(model, data, args.output, lr=args.lr, clip=args.clip, device=args.device, seed=args.seed,
                          cache_features={"auto": "auto", "on": True, "off": False}[args.cache],
                          cache_dir=args.cache_dir)
-    learner.fit(args.epochs, target_metric=args.target_metric, resume=args.resume)
+    learner.fit(args.epochs, target_metric=args.target_metric, resume=args.resume, overwrite=args.overwrite)
     from nertron.engine.models import NerModel
 
     learner.model = NerModel.load(args.output, backend=args.backend).to(learner.device)
@@ -146,9 +168,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
         results[split] = learner.evaluate(split)
         source = args.test if split == "test" else args.valid or f"last {args.valid_fraction:.0%} of {args.train}"
         print(_summary_table(f"best model on {split} ({source})", results[split]))
-    (Path(args.output) / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = json.dumps(results, indent=1) + "\n"
+    write_atomic(Path(args.output) / "results.json", lambda path: path.write_text(text, encoding="utf-8"))
     print(f"saved the best model (by {args.target_metric}) to {args.output}")
     return 0
+
+
+_DATA_SCHEME_HELP = ("tag scheme of the data files: IOB1, IOB2/BIO, IOE1, IOE2, BIOES/IOBES, BILOU/BIOUL or BMES, "
+                     "any case (default: detected per file; a file that mixes schemes is rejected)")
+
+
+def _data_scheme(value: str) -> str:
+    from nertron.tags import normalize_scheme  # pure Python: cheap enough for argparse
+
+    try:
+        return normalize_scheme(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _model_scheme(value: str) -> str:
+    name = _data_scheme(value)
+    if name not in ("IOB2", "IOB1", "BIOES"):
+        raise argparse.ArgumentTypeError(f"a model's tag scheme is IOB2 (BIO), IOB1 or BIOES (IOBES), not {value!r}")
+    return name
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -163,11 +206,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if model.config.labels is None:
         raise ValueError(f"{args.model}: the model has no label names (config.labels); save it with its labels")
     vocab = LabelVocab(model.config.labels)
-    dataset = read_dataset(args.data, args.format)
+    dataset = read_dataset(args.data, args.format, tag_scheme=args.data_scheme)
     tokenizer = WordPieceTokenizer.from_pretrained(model.config.checkpoint_dir)
     sentences = list(dataset)
-    data = NerData.from_sentences(sentences, sentences, tokenizer, source_scheme=dataset.scheme or "IOB2",
-                                  tag_scheme=model.config.tag_scheme, vocab=vocab)
+    with _cli_flags():
+        data = NerData.from_sentences(sentences, sentences, tokenizer, source_scheme=dataset.scheme or "IOB2",
+                                      tag_scheme=model.config.tag_scheme, vocab=vocab,
+                                      unseen_labels=args.unseen_labels)
     if model.intents is not None:
         data.intent_vocab = IntentVocab(model.intents)
     learner = NerLearner(model, data, args.model, device=args.device, cache_features=False)
@@ -198,8 +243,16 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     output = args.output or "-"
     fmt = args.format or ("pretty" if output == "-" else "jsonl")
     from nertron.engine.distributed import distributed_env
+    from nertron.engine.tagger import check_input, check_output, resolve_device
 
-    if distributed_env() is not None:
+    distributed = distributed_env() is not None
+    # every check before anything heavy is loaded and before the output is touched
+    if args.input is not None:
+        check_input(args.input, stdin=not distributed)
+    check_output(output, args.input)
+    if args.batch_tokens < 1:
+        raise ValueError(f"--batch-tokens must be a positive number, got {args.batch_tokens}")
+    if distributed:
         from nertron.engine.distributed import tag_file_distributed
 
         if args.input is None or output == "-" or fmt == "pretty":
@@ -209,6 +262,7 @@ def _cmd_tag(args: argparse.Namespace) -> int:
         if int(os.environ["RANK"]) == 0:
             print(f"tagged {count} lines of {args.input} -> {output}", file=sys.stderr)
         return 0
+    resolve_device(args.device)  # an unknown device or CUDA without one: fail before loading the model
 
     from nertron.engine.tagger import Tagger, format_record, open_output, read_lines
 
@@ -279,7 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=models, default="BertBiLSTMAttnCRF", metavar="MODEL",
                        help="the model class: one of %(choices)s")
     train.add_argument("--checkpoint", default=None, help="BERT checkpoint (default: the installed all-MiniLM-L6-v2)")
-    train.add_argument("--tag-scheme", choices=("IOB2", "IOB1", "BIOES"), default="IOB2")
+    train.add_argument("--tag-scheme", type=_model_scheme, default="IOB2", metavar="SCHEME",
+                       help="the model's tag scheme, the data being converted to it: IOB2 (= BIO, the default), "
+                       "IOB1 or BIOES (= IOBES), any case")
+    train.add_argument("--data-scheme", type=_data_scheme, default=None, metavar="SCHEME", help=_DATA_SCHEME_HELP)
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--clip", type=float, default=5.0)
@@ -297,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache-dir", default=None, help="keep cached BERT states on disk here, shared by runs "
                        "on the same data and encoder")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT's trainer state")
+    train.add_argument("--overwrite", action="store_true",
+                       help="train afresh into an OUTPUT that holds a model (its files are replaced as the new "
+                       "ones are written); without it or --resume a non-empty OUTPUT is refused")
     train.add_argument("--device", default=None)
     train.add_argument("--backend", choices=BACKENDS, default="auto")
     train.add_argument("--seed", type=int, default=0)
@@ -307,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="directory written by `nertron train`")
     evaluate.add_argument("--data", required=True, help="dataset file (or FactRuEval folder)")
     evaluate.add_argument("--format", choices=formats, default="auto")
+    evaluate.add_argument("--data-scheme", type=_data_scheme, default=None, metavar="SCHEME", help=_DATA_SCHEME_HELP)
+    evaluate.add_argument("--unseen-labels", choices=("error", "score"), default="error",
+                          help="labels or intents of the data the model was never trained on: fail, "
+                          "or score them as misses")
     evaluate.add_argument("--checkpoint", default=None, help="BERT checkpoint, if it moved since training")
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
@@ -319,14 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
         "and merged back in order.")
     tag.add_argument("texts", nargs="*", help="texts to tag")
     tag.add_argument("--input", default=None, help="UTF-8 file, one text per line ('-': standard input)")
-    tag.add_argument("--output", default=None, help="output file (default: standard output)")
+    tag.add_argument("--output", default=None, help="output file (default: standard output); an existing file "
+                     "is replaced all at once when tagging completes, and left untouched when it fails; "
+                     "it cannot be the input")
     tag.add_argument("--format", choices=("jsonl", "conll", "pretty"), default=None,
                      help="jsonl: one JSON object per text; conll: word<TAB>tag lines, a blank line after each text; "
                      "pretty: one line per entity (default: pretty on standard output, jsonl in a file)")
     tag.add_argument("--model", default=None, help="model directory (default: the model shipped with nertron)")
     tag.add_argument("--checkpoint", default=None, help="BERT checkpoint, if it moved since training")
-    tag.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu; "
-                     "under torchrun cuda:LOCAL_RANK)")
+    tag.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N (default: cuda if "
+                     "available, else cpu; under torchrun cuda:LOCAL_RANK)")
     tag.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                      help="BERT's compute dtype (default: bf16 on CUDA, fp32 on CPU; bf16/fp16 need CUDA)")
     tag.add_argument("--batch-tokens", type=int, default=4096, help="padded sub-tokens per batch")
@@ -351,9 +417,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"nertron {args.command}: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, ImportError, _RankFailed()) as err:
+        message = " ".join(str(err).split()) or type(err).__name__  # one line
+        print(f"nertron {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _RankFailed() -> type:
+    """``distributed.RankFailed`` if that module is loaded (another torchrun rank failed), else a
+    class nothing raises (``nertron --help`` does not import torch)."""
+    module = sys.modules.get("nertron.engine.distributed")
+    return getattr(module, "RankFailed", _Never)
+
+
+class _Never(Exception):
+    pass
 
 
 if __name__ == "__main__":

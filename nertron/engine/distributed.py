@@ -8,12 +8,18 @@
 2. tags them with its own ``Tagger`` on ``cuda:LOCAL_RANK`` (CPU when there is no GPU, or
    with ``--device cpu``) and writes its results, in order, to a shard file beside the output
    (``.OUTPUT.shard-RANK-of-WORLD``);
-3. waits at a barrier; rank 0 then interleaves the shards back into input order, writes the
-   output and deletes the shards; a second barrier lets every rank exit once the output
-   exists.
+3. the ranks agree that every shard is complete (a one-number all-reduce); rank 0 then
+   interleaves the shards back into input order and writes the output atomically (a
+   temporary file renamed over it: an existing output is replaced only by a complete one);
+   a second agreement lets every rank exit once the output exists.
 
-The processes only coordinate (two barriers), so the process group is ``gloo`` over TCP
-whatever the device; no tensors travel between ranks. The output equals the
+The input and output are checked on every rank before the model is loaded (the output may
+not be the input). When a rank fails (a bad line in its share, a crash in tagging), every
+rank learns it at the next agreement, deletes its shard and stops with an error; the output
+is left as it was. ``SIGTERM`` (torchrun stopping the job) also removes the shards.
+
+The processes only coordinate, so the process group is ``gloo`` over TCP whatever the
+device; no tensors but one status number travel between ranks. The output equals the
 single-process ``nertron tag --input FILE --output FILE`` line for line.
 
 One machine, 8 GPUs::
@@ -36,16 +42,26 @@ shared by the nodes. ``--nnodes=1:4`` lets the job start with fewer nodes.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
+import threading
+import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 import torch
 
-from nertron.engine.tagger import DEFAULT_BATCH_TOKENS, Tagger, format_record, read_lines
+from nertron.engine.files import open_atomic
+from nertron.engine.tagger import (DEFAULT_BATCH_TOKENS, Tagger, check_input, check_output, format_record,
+                                   read_lines, resolve_device)
 
-__all__ = ["distributed_env", "shard_path", "write_shard", "merge_shards", "tag_file_distributed"]
+__all__ = ["distributed_env", "shard_path", "write_shard", "merge_shards", "tag_file_distributed", "RankFailed"]
+
+
+class RankFailed(RuntimeError):
+    """Another torchrun rank failed (its own error is printed by that rank)."""
 
 FORMATS = ("jsonl", "conll")
 
@@ -87,8 +103,9 @@ def write_shard(tagger: Tagger, in_path: str | Path, shard: str | Path, rank: in
     if format not in FORMATS:
         raise ValueError(f"unknown output format {format!r} for distributed tagging; expected jsonl or conll")
     count = 0
-    with open(shard, "w", encoding="utf-8", newline="\n") as out:
-        for text, result in tagger.tag_lines(read_lines(in_path, stride=world_size, offset=rank), batch_tokens):
+    lines = read_lines(in_path, stride=world_size, offset=rank)
+    with open_atomic(shard) as out:
+        for text, result in tagger.tag_lines(lines, batch_tokens):
             out.write(format_record(text, result, format))
             count += 1
     return count
@@ -126,17 +143,17 @@ def merge_shards(shards: list[str | Path], out_path: str | Path, format: str = "
     try:
         readers = [_records(handle, format) for handle in handles]
         count = 0
-        with open(out_path, "w", encoding="utf-8", newline="\n") as out:
+        with open_atomic(os.path.realpath(out_path)) as out:  # replaced only by a complete, checked merge
             while True:
                 record = next(readers[count % len(readers)], None)
                 if record is None:
                     break
                 out.write(record)
                 count += 1
-        leftover = [str(shards[k]) for k, reader in enumerate(readers) if next(reader, None) is not None]
-        if leftover:
-            raise ValueError(f"shard {shards[count % len(readers)]} ended after {count // len(readers)} records "
-                             f"but {', '.join(leftover)} hold more: the shards are not one round-robin split")
+            leftover = [str(shards[k]) for k, reader in enumerate(readers) if next(reader, None) is not None]
+            if leftover:
+                raise ValueError(f"shard {shards[count % len(readers)]} ended after {count // len(readers)} records "
+                                 f"but {', '.join(leftover)} hold more: the shards are not one round-robin split")
         return count
     finally:
         for handle in handles:
@@ -158,6 +175,11 @@ def tag_file_distributed(in_path: str | Path, out_path: str | Path, format: str 
 
     Returns:
         The number of lines this rank tagged (rank 0 after merging: all of them).
+
+    Raises:
+        ValueError, FileNotFoundError: a bad input or output (checked before anything is
+            loaded), a bad line in this rank's share of the input.
+        RankFailed: another rank failed; no output is written and the shards are removed.
     """
     import torch.distributed as dist
 
@@ -170,24 +192,84 @@ def tag_file_distributed(in_path: str | Path, out_path: str | Path, format: str 
         raise ValueError(f"unknown output format {format!r} for distributed tagging; expected jsonl or conll")
     if str(out_path) == "-":
         raise ValueError("distributed tagging writes a file: give --output FILE, not standard output")
+    check_input(in_path, stdin=False)
+    check_output(out_path, in_path)
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    device = resolve_device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     created = not dist.is_initialized()
     if created:
         dist.init_process_group(backend="gloo", timeout=timeout)
+    shards = [shard_path(out_path, r, world) for r in range(world)]
     try:
-        tagger = Tagger.load(model, device=device, dtype=dtype, checkpoint=checkpoint, batch_tokens=batch_tokens)
-        shards = [shard_path(out_path, r, world) for r in range(world)]
-        count = write_shard(tagger, in_path, shards[rank], rank, world, format)
-        dist.barrier()
-        if rank == 0:
-            count = merge_shards(shards, out_path, format)
-            for shard in shards:
-                shard.unlink()
-        dist.barrier()
-        return count
+        with _sigterm_raises():
+            def tag_shard() -> int:
+                tagger = Tagger.load(model, device=device, dtype=dtype, checkpoint=checkpoint,
+                                     batch_tokens=batch_tokens)
+                return write_shard(tagger, in_path, shards[rank], rank, world, format, batch_tokens)
+
+            count = _in_step(tag_shard, rank, world, timeout,
+                             lambda failed: f"rank(s) {', '.join(map(str, failed))} of {world} failed (see their "
+                             f"error); {out_path} was not written")
+            merged = _in_step(lambda: merge_shards(shards, out_path, format) if rank == 0 else None, rank, world,
+                              timeout, lambda failed: f"rank 0 failed to merge the shards into {out_path} (see its error)")
+            return merged if rank == 0 else count
     finally:
+        for shard in shards if rank == 0 else shards[rank:rank + 1]:
+            shard.unlink(missing_ok=True)
         if created:
             dist.destroy_process_group()
+
+
+def _in_step(step, rank: int, world: int, timeout: datetime.timedelta, message) -> Any:
+    """Run ``step()`` on every rank, then agree on the outcome: this rank's own error is raised
+    as is; another rank's failure raises ``RankFailed(message(failed_ranks))`` here too."""
+    error: BaseException | None = None
+    result = None
+    try:
+        result = step()
+    except Exception as err:
+        error = err
+    failed = _failed_ranks(error is not None, rank, world, timeout)
+    if error is not None:
+        raise error
+    if failed:
+        raise RankFailed(message(failed))
+    return result
+
+
+def _failed_ranks(failed: bool, rank: int, world: int, timeout: datetime.timedelta) -> list[int]:
+    """Every rank's status, gathered by all: the ranks that failed. Waits by polling, so that
+    signal handlers (SIGTERM) run while a rank waits for the slowest one."""
+    import torch.distributed as dist
+
+    status = torch.zeros(world, dtype=torch.int32)
+    status[rank] = int(failed)
+    work = dist.all_reduce(status, op=dist.ReduceOp.SUM, async_op=True)
+    deadline = time.monotonic() + timeout.total_seconds()
+    while not work.is_completed():
+        if time.monotonic() > deadline:
+            raise RankFailed(f"rank {rank}: timed out after {timeout} waiting for the other ranks")
+        time.sleep(0.02)
+    work.wait()
+    return [r for r in range(world) if status[r]]
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM (torchrun stopping the other ranks after a failure) raises SystemExit, so the
+    ``finally`` blocks run and no shard or temporary file is left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

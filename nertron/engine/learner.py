@@ -15,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import time
+import warnings
+import zipfile
 from array import array
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,10 +28,36 @@ import torch
 from tqdm.auto import tqdm
 
 from nertron.engine.data.loader import NerData
+from nertron.engine.files import write_atomic
 from nertron.engine.metrics import sentence_scores, span_scores, token_scores
-from nertron.engine.models import NerModel, write_atomic
+from nertron.engine.models import ModelFileError, NerModel
 
 TRAINER_STATE = "trainer_state.pt"
+STATE_KEYS = ("epoch", "best_metric", "optimizer", "scheduler", "model")
+
+
+def check_output_dir(directory: str | Path, log_path: str | Path | None = None) -> None:
+    """Refuse to train afresh into ``directory`` when it (or ``log_path``) holds a training run.
+
+    Raises:
+        OutputNotEmptyError: a file where the directory should be, a non-empty directory, or a
+            non-empty log; the message names both ways out (resume, overwrite).
+    """
+    directory = Path(directory)
+    log_path = Path(log_path) if log_path is not None else directory / "train_log.jsonl"
+    if directory.exists() and not directory.is_dir():
+        raise OutputNotEmptyError(f"{directory} is a file, not a directory to save the model in")
+    held = directory.is_dir() and any(directory.iterdir())
+    if held or (log_path.is_file() and log_path.stat().st_size > 0):
+        what = directory if held else log_path
+        raise OutputNotEmptyError(
+            f"{what} already holds a training run (a trained model or its log): pass resume=True "
+            "(--resume) to continue it, or overwrite=True (--overwrite) to replace it")
+
+
+class OutputNotEmptyError(ValueError, FileExistsError):
+    """``fit`` was asked to train into a directory that already holds files (a trained model),
+    without ``resume=True`` or ``overwrite=True``."""
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -53,6 +82,9 @@ class NerLearner:
         cache_dir: also keep the cached states on disk there, keyed by encoder, pooling and
             data, so other runs on the same data (other heads, resumed runs) skip BERT.
         log_path: JSON lines log (default ``best_model_path/train_log.jsonl``).
+
+    Every file is written atomically (a temporary file renamed into place): a crash or a
+    Ctrl-C leaves each file either as it was or complete, never half-written.
     """
 
     def __init__(
@@ -91,6 +123,8 @@ class NerLearner:
         self.cache_features = cache_features
         self.cache_budget_gb = cache_budget_gb
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._claimed = False  # fit has checked (or resumed from) best_model_path
+        self._log_lines: list[str] = []  # the log's lines, rewritten whole (atomically) each epoch
         self._check_labels()
 
     def _check_labels(self) -> None:
@@ -142,11 +176,11 @@ class NerLearner:
         file = None
         if self.cache_dir is not None:
             file = self.cache_dir / f"{self._cache_key(split)}.safetensors"
-            if file.is_file():
-                states = safetensors.torch.load_file(str(file))["states"]  # shape: (words, L, H)
-                if states.shape[0] == offsets[-1]:
-                    self._features[split] = (states, offsets)
-                    return
+            states = self._load_cache_file(file)
+            features = self.model.features
+            if states is not None and tuple(states.shape) == (offsets[-1], features.cached_layers(), features.hidden_size):
+                self._features[split] = (states, offsets)
+                return
         self.model.eval()
         features = self.model.features
         states = torch.empty(offsets[-1], features.cached_layers(), features.hidden_size, dtype=torch.float16)
@@ -160,9 +194,19 @@ class NerLearner:
         self._features[split] = (states, offsets)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-            partial = file.with_suffix(".partial")
-            safetensors.torch.save_file({"states": states}, str(partial))
-            partial.replace(file)
+            write_atomic(file, lambda path: safetensors.torch.save_file({"states": states}, str(path)))
+
+    @staticmethod
+    def _load_cache_file(file: Path) -> torch.Tensor | None:
+        """A cache file's states, or None when it is absent or unreadable (a cache is only ever
+        a copy of what BERT computes: a damaged one is computed again and replaced)."""
+        if not file.is_file():
+            return None
+        try:
+            states = safetensors.torch.load_file(str(file)).get("states")
+        except Exception:  # safetensors' own error for a truncated or foreign file
+            return None
+        return states if isinstance(states, torch.Tensor) and states.ndim == 3 else None
 
     def _cached(self, split: str, examples) -> torch.Tensor | None:
         """The cached states of a batch's examples as (L, B, W, H), or None when ``split`` is not cached."""
@@ -197,24 +241,42 @@ class NerLearner:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
 
-    def fit(self, epochs: int, target_metric: str = "span_f1", resume: bool = False) -> list[dict[str, Any]]:
+    def fit(self, epochs: int, target_metric: str = "span_f1", resume: bool = False,
+            overwrite: bool = False) -> list[dict[str, Any]]:
         """Train for ``epochs`` epochs (in total, counting a resumed run's), saving the best model.
 
         Args:
             epochs: total number of epochs.
             target_metric: a key of ``evaluate()``'s result (``span_f1``, ``token_f1``,
                 ``intent_accuracy``, or ``-loss``), higher is better.
-            resume: continue from ``best_model_path``'s trainer state.
+            resume: continue from ``best_model_path``'s trainer state (the log continues).
+            overwrite: train into a ``best_model_path`` that already holds files (a trained
+                model): its files are replaced one by one, each only when its new version is
+                complete, and the log starts afresh. Without ``resume`` or ``overwrite``, a
+                non-empty ``best_model_path`` (or an existing log) is refused.
 
         Returns:
             The per-epoch log records.
+
+        Raises:
+            OutputNotEmptyError: ``best_model_path`` holds files and neither option was given.
+            ModelFileError: ``resume`` with a trainer state that cannot be read or does not fit.
         """
+        if resume and overwrite:
+            raise ValueError("resume=True continues the training in "
+                             f"{self.best_model_path}, overwrite=True replaces it: choose one")
+        if not resume and not overwrite and not self._claimed:
+            self._check_output_empty()
         torch.manual_seed(self.seed)
         steps_per_epoch = len(self.data.batches("train", shuffle=True, epoch=0))
         if self.optimizer is None:
             self._make_optimizer(epochs * steps_per_epoch)
         if resume:
             self._resume()
+            self._log_lines = self._read_log()
+        elif not self._claimed:
+            self._log_lines = []  # a new run (overwrite or an empty directory): the log starts afresh
+        self._claimed = True
         if self._want_cache():
             for split in self.data.splits:
                 if split not in self._features:
@@ -234,13 +296,36 @@ class NerLearner:
                 self.model.save(self.best_model_path, self.data.vocab, intents=intents)
             record["best"] = improved
             self.history.append(record)
-            with self.log_path.open("a", encoding="utf-8") as log:
-                log.write(json.dumps(record) + "\n")
-            self._save_trainer_state()
+            self._log_lines.append(json.dumps(record) + "\n")
+            text = "".join(self._log_lines)
+            write_atomic(self.log_path, lambda path: path.write_text(text, encoding="utf-8"))
+            self._save_trainer_state()  # last: a crash before it redoes this epoch (its log line is dropped)
             if self.progress:
                 shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
                 tqdm.write(f"epoch {self.epoch}/{epochs} {shown}{' *' if improved else ''}")
         return self.history
+
+    def _check_output_empty(self) -> None:
+        check_output_dir(self.best_model_path, self.log_path)
+
+    def _read_log(self) -> list[str]:
+        """The existing log's complete lines up to the resumed epoch (a line a crash cut short, or
+        an epoch the trainer state does not hold, is dropped: that epoch runs again)."""
+        if not self.log_path.is_file():
+            return []
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            if not line.endswith("\n"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] > self.epoch:
+                continue
+            kept.append(line)
+        return kept
 
     def _train_epoch(self, epochs: int) -> dict[str, Any]:
         self.model.train()
@@ -327,15 +412,56 @@ class NerLearner:
         path = self.best_model_path / TRAINER_STATE
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: no {TRAINER_STATE} in {self.best_model_path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = _load_trainer_state(path, self.device)
         try:
             missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        except RuntimeError as err:
-            raise ValueError(f"{path} was saved from a different model or label set: {err}") from None
+        except (RuntimeError, TypeError, AttributeError) as err:
+            raise ModelFileError(f"cannot resume from {path}: it was saved from a different model or label set: "
+                                 f"{str(err).splitlines()[0]}") from None
         missing = [k for k in missing if k in self.model.trained_state_dict()]  # a frozen BERT is not in it
         if missing or unexpected:
-            raise ValueError(f"{path} was saved from a different model or label set: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+            raise ModelFileError(f"cannot resume from {path}: it was saved from a different model or label set: "
+                                 f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as err:
+            raise ModelFileError(f"cannot resume from {path}: its optimizer or schedule state does not fit this "
+                                 f"model: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         self.epoch, self.best_metric = state["epoch"], state["best_metric"]
+
+
+def _load_trainer_state(path: Path, device: torch.device) -> dict[str, Any]:
+    """``trainer_state.pt`` loaded safely (``weights_only=True``: tensors and plain containers,
+    never code), or a ``ModelFileError`` saying why it cannot be resumed from (torch's own text,
+    which suggests ``weights_only=False``, is never passed on)."""
+    def fail(why: str) -> ModelFileError:
+        return ModelFileError(f"cannot resume from {path}: {why}")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol warning on foreign files
+            state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):
+            raise fail("it holds Python objects other than tensors and plain containers, which nertron "
+                       "never unpickles (they could run code); it was not written by nertron") from None
+        raise fail("it is not a PyTorch file (corrupt, or not written by nertron)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError,
+            AttributeError, TypeError, UnicodeDecodeError, MemoryError):
+        size = path.stat().st_size if path.exists() else 0
+        raise fail("the file is empty" if size == 0 else
+                   "it is truncated or corrupt (not a complete PyTorch file)") from None
+    if not isinstance(state, dict):
+        raise fail(f"it holds {type(state).__name__}, not nertron's trainer state")
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise fail(f"it lacks {', '.join(missing)} (not nertron's trainer state)")
+    if not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool) or state["epoch"] < 0:
+        raise fail(f"its epoch is {state['epoch']!r}, not a count of epochs")
+    if state["best_metric"] is not None and not isinstance(state["best_metric"], (int, float)):
+        raise fail(f"its best_metric is {type(state['best_metric']).__name__}, not a number")
+    for key in ("optimizer", "scheduler", "model"):
+        if not isinstance(state[key], dict):
+            raise fail(f"its {key} entry is {type(state[key]).__name__}, not a state dict")
+    return state

@@ -1,17 +1,29 @@
 """Evaluation metrics for tagging and joint (tagging + sentence class) models.
 
 - ``span_scores``: entity-level exact match (same type, same start and end), micro and per
-  type, as CoNLL's ``conlleval`` and ``seqeval`` compute it.
+  type, as ``seqeval`` computes it (``mode='default'``/``'strict'``) or exactly as CoNLL's
+  ``conlleval.pl`` does (``mode='conlleval'``).
 - ``token_scores``: the seed's token-level "IOB" metric (per tag, micro over non-``O`` tags).
 - ``classification_report``: seqeval's text table of span scores.
 - ``sentence_scores``: intent/sentence-class accuracy and F1.
 
 Zero-division convention (sklearn's and seqeval's ``zero_division=0``): precision is 0 when
 nothing is predicted, recall 0 when nothing is gold, F1 0 when precision + recall is 0 — never
-NaN, and no warning.
+NaN, and no warning. One exception, seqeval's: the macro average over no entity types at
+all is NaN (seqeval gives NaN there whatever its ``zero_division``).
+
+``mode='default'`` and conlleval.pl: the default mode is seqeval's default (the chunk rules of
+``conlleval.py``, seqeval's port, which adds S/E rules for BIOES). On tags with only the
+prefixes ``B``/``I`` (IOB1, IOB2) and ``O`` it equals conlleval.pl exactly. With ``E``/``S``
+prefixes (BIOES) it does not: conlleval.pl knows no ``S`` rule and no rule ending a chunk
+before ``B`` after ``E``, so it joins ``S-PER S-PER``, ``E-PER B-PER``, ``S-PER B-PER``,
+``B-PER S-PER``, ``S-PER I-PER`` (same type) into one chunk, where seqeval sees two.
+``mode='conlleval'`` reproduces conlleval.pl (default options, no ``-r``) for any scheme.
 """
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
 from typing import Hashable, Sequence
 
@@ -19,7 +31,7 @@ from nertron.tags import TagError, conll_spans, normalize_scheme, normalize_stri
 
 __all__ = ["span_scores", "token_scores", "classification_report", "sentence_scores", "prf"]
 
-_MODES = ("default", "strict")
+_MODES = ("default", "strict", "conlleval")
 
 
 def prf(correct: int, predicted: int, gold: int) -> tuple[float, float, float]:
@@ -30,7 +42,15 @@ def prf(correct: int, predicted: int, gold: int) -> tuple[float, float, float]:
     return precision, recall, f1
 
 
-def _check_pairs(y_true: Sequence[Sequence], y_pred: Sequence[Sequence]) -> None:
+def _check_pairs(y_true: Sequence[Sequence], y_pred: Sequence[Sequence], lists: bool = False) -> None:
+    if lists:
+        # seqeval's check_consistent_length: every sentence must be a list (not a tuple, not
+        # a numpy array); an empty input is accepted here (seqeval raises TypeError)
+        for side, sentences in (("gold", y_true), ("predicted", y_pred)):
+            for i, sentence in enumerate(sentences):
+                if type(sentence) is not list:
+                    raise TypeError(f"Found input variables without list of list: {side} sentence {i}: "
+                                    f"expected a list of tags, got {type(sentence).__name__}")
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} gold sentences but {len(y_pred)} predicted")
     for i, (gold, pred) in enumerate(zip(y_true, y_pred)):
@@ -54,14 +74,79 @@ def _entities(sequences: Sequence[Sequence[str]], scheme: str, mode: str, side: 
     return found
 
 
+# conlleval.pl endOfChunk / startOfChunk, rule for rule (its '[' / ']' rules included)
+_PERL_END = {("B", "B"), ("B", "O"), ("I", "B"), ("I", "O"), ("E", "E"), ("E", "I"), ("E", "O")}
+_PERL_START = {("B", "B"), ("I", "B"), ("O", "B"), ("O", "I"), ("E", "E"), ("E", "I"), ("O", "E")}
+_PERL_TAG = re.compile(r"^([^-]*)-(.*)$", re.S)
+
+
+def _perl_split(tag: str) -> tuple[str, str]:
+    # conlleval.pl: /^([^-]*)-(.*)$/ splits prefix and type; otherwise the type is ""
+    if not isinstance(tag, str):
+        raise TypeError(f"expected a tag string, got {tag!r}")
+    match = _PERL_TAG.match(tag)
+    return (match.group(1), match.group(2)) if match else (tag, "")
+
+
+def _perl_end(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    return ((prev_tag, tag) in _PERL_END or (prev_tag not in ("O", ".") and prev_type != type_)
+            or prev_tag in ("]", "["))
+
+
+def _perl_start(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    return ((prev_tag, tag) in _PERL_START or (tag not in ("O", ".") and prev_type != type_)
+            or tag in ("[", "]"))
+
+
+def _conlleval_counts(y_true, y_pred) -> tuple[Counter, Counter, Counter]:
+    """(correct, predicted, gold) chunk counts per type, by conlleval.pl's own loop: one
+    stream of tokens with an ``O`` boundary after every sentence."""
+    correct, predicted, gold = Counter(), Counter(), Counter()
+    in_correct = False
+    last_c, last_g, last_ct, last_gt = "O", "O", "", ""
+    stream = ((c, g) for gold_tags, pred_tags in zip(y_true, y_pred)
+              for c, g in list(zip(gold_tags, pred_tags)) + [("O", "O")])
+    for correct_tag, guessed_tag in stream:
+        c, ct = _perl_split(correct_tag)
+        g, gt = _perl_split(guessed_tag)
+        end_c = _perl_end(last_c, c, last_ct, ct)
+        end_g = _perl_end(last_g, g, last_gt, gt)
+        start_c = _perl_start(last_c, c, last_ct, ct)
+        start_g = _perl_start(last_g, g, last_gt, gt)
+        if in_correct:
+            if end_c and end_g and last_gt == last_ct:
+                in_correct = False
+                correct[last_ct] += 1
+            elif end_c != end_g or gt != ct:
+                in_correct = False
+        if start_c and start_g and gt == ct:
+            in_correct = True
+        if start_c:
+            gold[ct] += 1
+        if start_g:
+            predicted[gt] += 1
+        last_c, last_g, last_ct, last_gt = c, g, ct, gt
+    if in_correct:  # conlleval.pl's check after the last line
+        correct[last_ct] += 1
+    return correct, predicted, gold
+
+
 def _check_mode(scheme: str, mode: str) -> str:
     if mode not in _MODES:
-        raise ValueError(f"unknown mode {mode!r}; use 'default' (conlleval) or 'strict' (seqeval strict)")
+        raise ValueError(f"unknown mode {mode!r}; use 'default' (seqeval default), 'strict' "
+                         "(seqeval strict) or 'conlleval' (conlleval.pl)")
+    if mode == "conlleval":
+        # conlleval.pl reads every scheme alike; the name is only checked
+        if not (isinstance(scheme, str) and scheme.upper() in ("BILOU", "BIOUL", "IOE2")):
+            normalize_scheme(scheme)
+        return scheme
     if mode == "strict":
         return normalize_strict_scheme(scheme)
-    if isinstance(scheme, str) and scheme.upper() in ("BILOU", "IOE2"):
-        raise ValueError(f"mode='default' follows conlleval's B/I/E/S chunk rules; use mode='strict' for {scheme}")
-    return normalize_scheme(scheme)
+    name = normalize_scheme(scheme)
+    if name not in ("IOB1", "IOB2", "BIOES"):  # IOE1/IOE2, BILOU, BMES: prefixes the B/I/E/S rules do not read
+        raise ValueError(f"mode='default' follows conlleval's B/I/E/S chunk rules; "
+                         f"use mode='strict' or 'conlleval' for {scheme}")
+    return name
 
 
 def span_scores(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]], scheme: str = "IOB2",
@@ -72,44 +157,54 @@ def span_scores(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]]
         y_true: gold tag sequences, one per sentence.
         y_pred: predicted tag sequences, same lengths.
         scheme: the tags' scheme. ``mode='default'`` reads IOB1, IOB2 and BIOES alike by the
-            conlleval chunk rules (an ``I-T`` after ``O`` or another type starts an entity),
-            equal to conlleval and seqeval's default mode. ``mode='strict'`` counts only entities
-            valid under ``scheme`` (seqeval ``mode='strict', scheme=...``): IOB1, IOB2, IOE2,
-            BIOES, BILOU.
-        mode: ``'default'`` or ``'strict'``.
+            chunk rules of seqeval's default mode (conlleval.py: an ``I-T`` after ``O`` or
+            another type starts an entity, ``E``/``S`` end one, ``B``/``S`` start one); it
+            equals conlleval.pl on IOB1/IOB2 tags but not on BIOES tags (see the module
+            docstring). ``mode='strict'`` counts only entities valid under ``scheme``
+            (seqeval ``mode='strict', scheme=...``): IOB1, IOB2, IOE2, BIOES, BILOU.
+            ``mode='conlleval'`` gives conlleval.pl's counts for any tags (the scheme is
+            checked as a name but not used: conlleval.pl reads every tag as prefix-type).
+        mode: ``'default'``, ``'strict'`` or ``'conlleval'``.
     Returns:
         ``{'precision', 'recall', 'f1', 'support' (gold entities), 'predicted', 'correct',
         'macro': {precision, recall, f1}, 'weighted': {...}, 'per_type': {TYPE: {'precision',
         'recall', 'f1', 'support', 'predicted', 'correct'}}}``; types sorted, from gold and
         predictions. Macro/weighted averages are seqeval's (mean of per-type scores, plain or
-        weighted by support).
+        weighted by support); with no entity type at all the macro average is NaN, as seqeval's.
     Raises:
         ValueError: sentence count or a sentence's length differs (naming the sentence index),
             unknown scheme or mode; TagError (a ValueError): a malformed tag.
+        TypeError: a sentence that is not a ``list`` (a tuple, a numpy array, a string), as
+            seqeval raises it.
     """
     scheme = _check_mode(scheme, mode)
-    _check_pairs(y_true, y_pred)
-    gold = _entities(y_true, scheme, mode, "gold")
-    pred = _entities(y_pred, scheme, mode, "predicted")
-    correct = gold & pred
-    types = sorted({e[1] for e in gold} | {e[1] for e in pred})
+    _check_pairs(y_true, y_pred, lists=True)
+    if mode == "conlleval":
+        correct_n, pred_n, gold_n = _conlleval_counts(y_true, y_pred)
+    else:
+        gold = _entities(y_true, scheme, mode, "gold")
+        pred = _entities(y_pred, scheme, mode, "predicted")
+        correct_n, pred_n, gold_n = (Counter(e[1] for e in group) for group in (gold & pred, pred, gold))
+    types = sorted(set(gold_n) | set(pred_n))
     per_type = {}
     for type_ in types:
-        counts = [sum(1 for e in group if e[1] == type_) for group in (correct, pred, gold)]
+        counts = [correct_n[type_], pred_n[type_], gold_n[type_]]
         p, r, f = prf(*counts)
         per_type[type_] = {"precision": p, "recall": r, "f1": f, "support": counts[2], "predicted": counts[1],
                            "correct": counts[0]}
-    p, r, f = prf(len(correct), len(pred), len(gold))
-    result = {"precision": p, "recall": r, "f1": f, "support": len(gold), "predicted": len(pred),
-              "correct": len(correct), "per_type": per_type}
-    result.update(_averages(per_type))
+    totals = [sum(c.values()) for c in (correct_n, pred_n, gold_n)]
+    p, r, f = prf(*totals)
+    result = {"precision": p, "recall": r, "f1": f, "support": totals[2], "predicted": totals[1],
+              "correct": totals[0], "per_type": per_type}
+    result.update(_averages(per_type, empty_macro=math.nan))
     return result
 
 
-def _averages(per_class: dict[str, dict]) -> dict:
+def _averages(per_class: dict[str, dict], empty_macro: float = 0.0) -> dict:
     n = len(per_class)
     total = sum(s["support"] for s in per_class.values())
-    macro = {k: (sum(s[k] for s in per_class.values()) / n if n else 0.0) for k in ("precision", "recall", "f1")}
+    macro = {k: (sum(s[k] for s in per_class.values()) / n if n else empty_macro)
+             for k in ("precision", "recall", "f1")}
     weighted = {k: (sum(s[k] * s["support"] for s in per_class.values()) / total if total else 0.0)
                 for k in ("precision", "recall", "f1")}
     return {"macro": macro, "weighted": weighted}

@@ -28,9 +28,10 @@ from that layout or the older one with ``labels.json`` / ``intents.json``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,142 @@ from nertron.bindings.pooling import LayerPooling
 from nertron.engine.bert import BertModel
 from nertron.engine.checkpoint import DEFAULT_CHECKPOINT_PACKAGE, default_checkpoint_dir
 from nertron.engine.data.vocab import IGNORE_INDEX
+from nertron.engine.files import write_atomic
 
 BERT_MODES = ("weighted", "softmax", "last")
+
+
+class ModelFileError(ValueError):
+    """A saved model's files cannot be read: ``model.json`` is not JSON, not an object, lacks or
+    mistypes a field; ``head.safetensors`` is truncated, not safetensors, or does not fit the
+    config; or a file is missing. The message names the file and what is wrong with it."""
+
+
+class MissingModelFileError(ModelFileError, FileNotFoundError):
+    """A file a saved model needs is not there (``model.json``, ``head.safetensors``, the BERT
+    checkpoint it was trained on): both a ``ModelFileError`` and a ``FileNotFoundError``."""
+
+
+# The types and ranges ``model.json``'s config may hold, checked before anything is built (a
+# wrongly typed or absurd value would otherwise surface as a confusing error deep in torch, or
+# as a huge allocation).
+_INT_RANGES = {"label_size": (2, 10_000), "intent_size": (0, 10_000), "enc_hidden_dim": (2, 1 << 20),
+               "rnn_layers": (1, 64), "num_heads": (1, 4096), "key_dim": (1, 1 << 20), "val_dim": (1, 1 << 20),
+               "dec_embedding_dim": (1, 1 << 20), "dec_hidden_dim": (1, 1 << 20)}
+_FLOAT_FIELDS = ("input_dropout", "attn_dropout")  # probabilities
+_STR_FIELDS = ("checkpoint_dir", "tag_scheme", "bert_mode", "backend")
+_BOOL_FIELDS = ("freeze", "constrained")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _check_str_list(value: Any, where: str, file: Path) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ModelFileError(f"{file}: {where} must be a list of strings, found {_json_type(value)}"
+                             + ("" if not isinstance(value, list) else " with other items"))
+    return value
+
+
+def _config_from_json(raw: Any, file: Path) -> "ModelConfig":
+    """The ``config`` object of ``model.json`` as a validated ``ModelConfig``."""
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"{file}: 'config' must be an object, found {_json_type(raw)}")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(k for k in raw if k not in known)
+    if unknown:
+        raise ModelFileError(f"{file}: unknown config field(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(sorted(known))}")
+    missing = [k for k in ("label_size", "checkpoint_dir") if k not in raw]
+    if missing:
+        raise ModelFileError(f"{file}: the config lacks the field(s) {', '.join(map(repr, missing))}")
+    for key, value in raw.items():
+        where = f"config field {key!r}"
+        if key in _INT_RANGES:
+            low, high = _INT_RANGES[key]
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ModelFileError(f"{file}: {where} must be an integer, found {_json_type(value)}")
+            if not low <= value <= high:
+                raise ModelFileError(f"{file}: {where} must be between {low} and {high}, found {value}")
+        elif key in _FLOAT_FIELDS:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ModelFileError(f"{file}: {where} must be a number, found {_json_type(value)}")
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ModelFileError(f"{file}: {where} must be a probability between 0 and 1, found {value}")
+        elif key in _STR_FIELDS:
+            if not isinstance(value, str):
+                raise ModelFileError(f"{file}: {where} must be a string, found {_json_type(value)}")
+        elif key in _BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise ModelFileError(f"{file}: {where} must be true or false, found {_json_type(value)}")
+        elif key == "pad_label":
+            if value is not None and not isinstance(value, str):
+                raise ModelFileError(f"{file}: {where} must be a string or null, found {_json_type(value)}")
+        elif key == "labels":
+            _check_str_list(value, where, file)
+        elif key == "extra":
+            if not isinstance(value, dict):
+                raise ModelFileError(f"{file}: {where} must be an object, found {_json_type(value)}")
+    config = ModelConfig(**raw)
+    try:
+        config.validate()
+    except ValueError as err:
+        raise ModelFileError(f"{file}: {err}") from None
+    if config.backend not in _backends():
+        raise ModelFileError(f"{file}: config field 'backend' must be one of {_backends()}, got {config.backend!r}")
+    return config
+
+
+def _backends() -> tuple[str, ...]:
+    from nertron.bindings import BACKENDS
+
+    return tuple(BACKENDS)
+
+
+def _read_model_json(file: Path) -> dict[str, Any]:
+    """``model.json`` as a dict, or a ``ModelFileError`` naming the file (and the line and column
+    where the JSON breaks)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelFileError(f"{file}: not UTF-8 text (byte {err.start} cannot be decoded)") from None
+    except OSError as err:
+        raise ModelFileError(f"{file}: cannot be read: {err.strerror or err}") from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{file}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except RecursionError:
+        raise ModelFileError(f"{file}: not valid JSON: nested too deeply") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{file}: expected a JSON object with 'class' and 'config', found {_json_type(meta)}")
+    unknown = sorted(k for k in meta if k not in ("class", "config", "labels", "intents"))
+    if unknown:
+        raise ModelFileError(f"{file}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                             "known: class, config, labels, intents")
+    for key in ("class", "config"):
+        if key not in meta:
+            raise ModelFileError(f"{file}: the field {key!r} is missing")
+    return meta
+
+
+def _head_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes in ``head.safetensors`` (its header only), or a ``ModelFileError``."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise MissingModelFileError(f"{file}: missing; the saved model's weights are not there")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as err:  # safetensors' own error type and text: reported as ours
+        reason = str(err).split(":")[-1].strip() or type(err).__name__
+        raise ModelFileError(f"{file}: not a readable safetensors file (empty, truncated or corrupt: "
+                             f"{reason})") from None
 
 
 @dataclass
@@ -345,6 +480,10 @@ class NerModel(nn.Module):
         write_atomic(directory / "head.safetensors", lambda path: save_file(state, str(path)))
         text = json.dumps(meta, indent=2) + "\n"
         write_atomic(directory / "model.json", lambda path: path.write_text(text, encoding="utf-8"))
+        # model.json now holds the labels and intents: the older layout's copies in this
+        # directory (a model saved here before) would only contradict it on load
+        for stale in ("labels.json", "intents.json"):
+            (directory / stale).unlink(missing_ok=True)
         self.intents = intents
         if self.config.labels is None and labels is not None:
             self.saved_labels = labels
@@ -366,40 +505,66 @@ class NerModel(nn.Module):
 
         directory = Path(directory)
         meta_file = directory / "model.json"
+        head_file = directory / "head.safetensors"
         if not meta_file.is_file():
-            raise FileNotFoundError(f"no saved nertron model in {directory} (model.json missing)")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        cls = MODEL_CLASSES.get(meta.get("class"))
+            raise MissingModelFileError(f"no saved nertron model in {directory} (model.json missing)")
+        meta = _read_model_json(meta_file)
+        name = meta["class"]
+        cls = MODEL_CLASSES.get(name) if isinstance(name, str) else None
         if cls is None:
-            raise ValueError(f"{meta_file}: unknown model class {meta.get('class')!r}; known: {sorted(MODEL_CLASSES)}")
-        config = ModelConfig(**meta["config"])
+            raise ModelFileError(f"{meta_file}: unknown model class {name!r}; known: {sorted(MODEL_CLASSES)}")
+        config = _config_from_json(meta["config"], meta_file)
+        if cls.joint and config.intent_size < 2:
+            raise ModelFileError(f"{meta_file}: {name} classifies intents: config field 'intent_size' "
+                                 f"must be at least 2, found {config.intent_size}")
+        saved_labels = _check_str_list(meta.get("labels"), "'labels'", meta_file)
+        intents = _check_str_list(meta.get("intents"), "'intents'", meta_file)
+        shapes = _head_shapes(head_file)
         if checkpoint_dir is not None:
             config.checkpoint_dir = str(checkpoint_dir)
         elif config.checkpoint_dir == DEFAULT_CHECKPOINT_PACKAGE:
             config.checkpoint_dir = str(default_checkpoint_dir())
         elif not Path(config.checkpoint_dir).is_dir():
-            raise FileNotFoundError(f"{meta_file}: the BERT checkpoint this model was trained on, "
-                                    f"{config.checkpoint_dir}, is not there; pass checkpoint_dir= (--checkpoint)")
+            raise MissingModelFileError(f"{meta_file}: the BERT checkpoint this model was trained on, "
+                                        f"{config.checkpoint_dir}, is not there; pass checkpoint_dir= (--checkpoint)")
         if backend is not None:
             config.backend = backend
         bert = BertModel.from_pretrained(config.checkpoint_dir, backend=config.backend)
+        # Build the head on the meta device first (no memory): its tensor shapes must be the
+        # file's before anything real is allocated or copied.
+        try:
+            with torch.device("meta"):
+                expected = {k: tuple(v.shape) for k, v in cls(config, bert).trained_state_dict().items()}
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as err:
+            raise ModelFileError(f"{meta_file}: its config does not describe a valid {name}: {err}") from None
+        missing = sorted(k for k in expected if k not in shapes)
+        unexpected = sorted(k for k in shapes if k not in expected and not k.startswith("features.bert."))
+        misshapen = [f"{k} is {shapes[k]} in the file but {expected[k]} per model.json"
+                     for k in sorted(expected) if k in shapes and shapes[k] != expected[k]]
+        if missing or unexpected or misshapen:
+            problems = ([f"missing {missing[:5]}"] if missing else []) + \
+                       ([f"unexpected {unexpected[:5]}"] if unexpected else []) + misshapen[:3]
+            raise ModelFileError(f"{head_file} does not fit {name} as {meta_file} describes it: "
+                                 + "; ".join(problems))
         model = cls(config, bert)
-        state = load_file(str(directory / "head.safetensors"))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not (config.freeze and k.startswith("features.bert."))]
-        if missing or unexpected:
-            raise ValueError(f"{directory / 'head.safetensors'} does not fit {cls.__name__}: "
-                             f"missing {missing}, unexpected {unexpected}")
+        try:
+            state = load_file(str(head_file))
+            model.load_state_dict(state, strict=False)
+        except Exception as err:  # safetensors' or torch's own text: reported as ours
+            raise ModelFileError(f"{head_file}: its tensors cannot be read or copied into {name} "
+                                 f"(truncated or corrupt: {str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
         if config.labels is None:
-            labels = meta.get("labels")
+            labels = saved_labels
             if labels is None and (directory / "labels.json").is_file():  # the older layout
                 from nertron.engine.data.vocab import LabelVocab
 
-                labels = LabelVocab.load(directory / "labels.json").labels
+                try:
+                    labels = LabelVocab.load(directory / "labels.json").labels
+                except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as err:
+                    raise ModelFileError(f"{directory / 'labels.json'}: cannot be read: {err}") from None
             model.saved_labels = labels
-        intents = meta.get("intents")
         if intents is None and (directory / "intents.json").is_file():  # the older layout (nertron train)
-            intents = json.loads((directory / "intents.json").read_text(encoding="utf-8"))
+            intents = _check_str_list(_read_json(directory / "intents.json"), "the content", directory / "intents.json")
         model.intents = intents
         return model.eval()
 
@@ -465,6 +630,15 @@ class NerModel(nn.Module):
             return self.crf.marginals(emissions, batch["word_mask"])
 
 
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ModelFileError(f"{file}: not UTF-8 text (byte {err.start} cannot be decoded)") from None
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{file}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+
+
 class BertBiLSTMCRF(NerModel):
     use_lstm, use_attention, decoder = True, False, "crf"
 
@@ -494,18 +668,3 @@ MODEL_CLASSES = {
     for cls in (BertBiLSTMCRF, BertBiLSTMAttnCRF, BertAttnCRF, BertBiLSTMAttnNMT, BertBiLSTMAttnCRFJoint,
                 BertBiLSTMAttnNMTJoint)
 }
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> None:
-    """Create or replace ``path`` all at once: ``write(tmp)`` writes a temporary file in the same
-    directory, which is then renamed to ``path`` (no reader ever sees a half-written file)."""
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same directory: the rename is atomic
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

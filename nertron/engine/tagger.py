@@ -37,10 +37,14 @@ than the window overlap, the window of its first word, over the part inside that
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import stat
 import sys
 from collections import deque
+from collections.abc import Mapping, Set
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
@@ -49,11 +53,13 @@ import torch
 from torch import Tensor
 
 from nertron.engine import batching
+from nertron.engine.files import open_atomic
 from nertron.engine.models import NerModel
 from nertron.engine.tokenizer import WordPieces, WordPieceTokenizer
 from nertron.tags import TagError, end_of_chunk, normalize_scheme, split_tag, start_of_chunk
 
-__all__ = ["Entity", "TaggedText", "Tagger", "DEFAULT_MODEL_DIR", "read_lines", "open_output", "format_record"]
+__all__ = ["Entity", "TaggedText", "Tagger", "DEFAULT_MODEL_DIR", "InputFileError", "read_lines", "open_output",
+           "format_record", "check_input", "check_output", "resolve_device"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "resources" / "default_model"
 DEFAULT_BATCH_TOKENS = 4096  # padded sub-tokens per batch
@@ -107,6 +113,45 @@ class _Unit:
     scores: Tensor | None = None  # (W, K) kept for multi-window inputs: emissions (CRF) or log-probs (NMT)
 
 
+def resolve_device(device: str | int | torch.device | None) -> torch.device:
+    """The torch device a ``device`` argument names, checked before anything heavy is loaded.
+
+    None: CUDA when available, else the CPU. An int follows Hugging Face pipelines: ``-1`` is
+    the CPU, ``N >= 0`` is ``cuda:N``. A str or ``torch.device``: ``cpu``, ``cuda``,
+    ``cuda:N``, ... .
+
+    Raises:
+        ValueError: an unknown device, or a CUDA (or MPS) device this machine does not have.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, bool) or not isinstance(device, (int, str, torch.device)):
+        raise ValueError(f"device must be a str (cpu, cuda, cuda:N), an int (-1: cpu, N: cuda:N) or a torch.device, "
+                         f"not {type(device).__name__}: {device!r:.80}")
+    if isinstance(device, int):
+        if device < -1:
+            raise ValueError(f"device {device}: an int device is -1 (the CPU) or a CUDA device index N >= 0")
+        device = "cpu" if device == -1 else f"cuda:{device}"
+    if isinstance(device, str):
+        try:
+            device = torch.device(device.strip())
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} needs CUDA, which this machine does not have "
+                             "(no GPU, or a CPU-only torch build); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {device} needs Apple MPS, which this machine does not have; use cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {str(device)!r}; expected cpu, cuda or cuda:N")
+    return device
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -120,6 +165,32 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
         raise ValueError(f"{str(dtype).replace('torch.', '')} inference needs a CUDA device; "
                          f"on {device.type} use fp32 (the default there)")
     return dtype
+
+
+def _check_iterable(items: Any, method: str, accepted: str) -> None:
+    """TypeError unless ``items`` is an ordered iterable: not None or a number, not bytes, not
+    a mapping (whose keys would be tagged), not a set (whose order is arbitrary)."""
+    what = type(items).__name__
+    if isinstance(items, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{method} takes {accepted}, not {what}: decode it first (e.g. data.decode('utf-8'))")
+    if isinstance(items, Mapping):
+        raise TypeError(f"{method} takes {accepted}, not a mapping ({what}), whose keys would be tagged: "
+                        "pass list(d.values()) or list(d) explicitly")
+    if isinstance(items, Set):
+        raise TypeError(f"{method} takes {accepted}, not a {what}, whose order is arbitrary (the results "
+                        "could not be matched to the texts): pass a list, e.g. sorted(s)")
+    try:
+        iter(items)
+    except TypeError:
+        raise TypeError(f"{method} takes {accepted}, not {what}: {items!r:.80}") from None
+
+
+def _check_budget(batch_tokens: Any, chunk_size: Any) -> None:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if batch_tokens is not None and (not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool)
+                                     or batch_tokens < 1):
+        raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
 
 
 class _ChunkRules:
@@ -184,16 +255,17 @@ class Tagger:
         model: a ``NerModel`` (CRF or NMT decoder); put in eval mode and on ``device``.
         tokenizer: its BERT checkpoint's ``WordPieceTokenizer`` (None: read from
             ``model.config.checkpoint_dir``).
-        device: default CUDA when available, else CPU.
+        device: default CUDA when available, else CPU; an int as in Hugging Face pipelines
+            (``-1``: the CPU, ``N``: ``cuda:N``); a CUDA device without CUDA is a ValueError.
         dtype: BERT's compute dtype: default bf16 on CUDA, fp32 on CPU; fp16/bf16 need CUDA
             (a ValueError otherwise). The head's weights stay fp32 (autocast on CUDA).
         batch_tokens: padded sub-tokens per batch (a window longer than that runs alone).
     """
 
     def __init__(self, model: NerModel, tokenizer: WordPieceTokenizer | None = None,
-                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 device: str | int | torch.device | None = None, dtype: str | torch.dtype | None = None,
                  batch_tokens: int = DEFAULT_BATCH_TOKENS):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         if not isinstance(batch_tokens, int) or batch_tokens < 1:
             raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
@@ -213,7 +285,7 @@ class Tagger:
         self._rules = _ChunkRules(self.labels, self.scheme)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | torch.device | None = None,
+    def load(cls, path: str | Path | None = None, device: str | int | torch.device | None = None,
              dtype: str | torch.dtype | None = None, checkpoint: str | Path | None = None,
              batch_tokens: int = DEFAULT_BATCH_TOKENS) -> "Tagger":
         """Load a model saved by ``NerModel.save`` / ``nertron train``.
@@ -226,9 +298,10 @@ class Tagger:
 
         Raises:
             FileNotFoundError: no model there (for the default: none is installed).
-            ValueError: a low-precision dtype on CPU, an unknown dtype.
+            ValueError: a low-precision dtype on CPU, an unknown dtype, an unknown device or a
+                CUDA device on a machine without one.
         """
-        device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device_ = resolve_device(device)
         _resolve_dtype(dtype, device_)  # fail before loading anything
         if path is None:
             if not (DEFAULT_MODEL_DIR / "model.json").is_file():
@@ -262,13 +335,15 @@ class Tagger:
             whitespace-only) text has none.
 
         Raises:
-            TypeError: an item that is not a str (its index and type are named).
+            TypeError: ``texts`` neither a str nor an ordered iterable of str (None, a number,
+                bytes, a dict, a set: the type is named), or an item that is not a str (its
+                index and type are named).
             ValueError: a str with lone surrogates (not encodable as UTF-8), naming its index.
+            RuntimeError: the iterable itself raised, naming the item (the error as ``__cause__``).
         """
         if isinstance(texts, str):
             return self.tag([texts])[0]
-        if not isinstance(texts, (list, tuple)):
-            texts = list(texts)
+        _check_iterable(texts, "tag", "a str, or a list (or other iterable) of str")
         return list(self.tag_iter(texts))
 
     def tag_words(self, sentences: Sequence[Sequence[str]]) -> list[list[Entity]]:
@@ -283,6 +358,7 @@ class Tagger:
         """
         if isinstance(sentences, str):
             raise TypeError("tag_words takes a list of word lists, not a str; use tag() for raw text")
+        _check_iterable(sentences, "tag_words", "a list (or other iterable) of word lists")
         return [result.entities for result in self._stream(sentences, words=True)]
 
     def tag_iter(self, texts: Iterable[str], batch_tokens: int | None = None,
@@ -300,13 +376,31 @@ class Tagger:
 
         Yields:
             One entity list per text (as ``tag``).
+
+        Raises:
+            TypeError: ``texts`` is a str (use ``tag``), bytes, a dict, a set or not iterable
+                (at the call); an item that is not a str (when it is reached).
+            RuntimeError: the iterable raised while it was read: "the input iterable raised at
+                item N: ...", the original error as ``__cause__``; the results of the items
+                before it are yielded first.
         """
-        for result in self._stream(texts, words=False, batch_tokens=batch_tokens, chunk_size=chunk_size):
-            yield result.entities
+        if isinstance(texts, str):
+            raise TypeError("tag_iter takes an iterable of texts, not a str (it would tag each character); "
+                            "use tag(text), or tag_iter([text])")
+        _check_iterable(texts, "tag_iter", "an iterable of str")
+        _check_budget(batch_tokens, chunk_size)
+        return (result.entities for result in
+                self._stream(texts, words=False, batch_tokens=batch_tokens, chunk_size=chunk_size))
 
     def tag_file(self, in_path: str | Path, out_path: str | Path, format: str = "jsonl",
                  batch_tokens: int | None = None) -> int:
         """Tag a text file, one text per line, streaming.
+
+        The input is checked before the output is touched, and the output is written to a
+        temporary file beside it that replaces it only when every line is tagged: an existing
+        output is replaced all at once on success, and left as it was when the input is bad
+        (missing, invalid UTF-8 on any line, ...) or tagging fails. An output that is the
+        input (the same path, a symlink or a hard link to it) is refused.
 
         Args:
             in_path: UTF-8 input, one text per line (``-``: standard input).
@@ -321,12 +415,16 @@ class Tagger:
             The number of texts (lines) tagged.
 
         Raises:
-            ValueError: invalid UTF-8, naming the file and line; an unknown format.
+            ValueError: invalid UTF-8, naming the file and line; an unknown format; an
+                output that is the input, a directory or in a missing directory; an input
+                that is not a regular file (a directory, a named pipe).
+            FileNotFoundError: no input file.
+            PermissionError: an unreadable input.
         """
         if format not in ("jsonl", "conll"):
             raise ValueError(f"unknown output format {format!r}; expected jsonl or conll")
-        if str(in_path) != "-" and str(out_path) != "-" and Path(out_path).resolve() == Path(in_path).resolve():
-            raise ValueError(f"the output {out_path} is the input file: writing it would erase the texts")
+        check_input(in_path)
+        check_output(out_path, in_path)
         count = 0
         with open_output(out_path) as out:
             for text, result in self.tag_lines(read_lines(in_path), batch_tokens):
@@ -347,6 +445,14 @@ class Tagger:
         Yields:
             ``(text, TaggedText)`` pairs, one per input text.
         """
+        if isinstance(lines, str):
+            raise TypeError("tag_lines takes an iterable of texts, not a str")
+        _check_iterable(lines, "tag_lines", "an iterable of str")
+        _check_budget(batch_tokens, chunk_size)
+        return self._lines(lines, batch_tokens, chunk_size)
+
+    def _lines(self, lines: Iterable[str], batch_tokens: int | None,
+               chunk_size: int) -> Iterator[tuple[str, TaggedText]]:
         pending: deque[str] = deque()  # the lines read but not yet returned (at most a chunk)
 
         def remember(stream: Iterable[str]) -> Iterator[str]:
@@ -361,26 +467,46 @@ class Tagger:
 
     def _stream(self, items: Iterable, words: bool, batch_tokens: int | None = None,
                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[TaggedText]:
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        """Results of ``items`` chunk by chunk. An error of the iterable (wrapped in a
+        RuntimeError naming the item; ``InputFileError`` from ``read_lines`` as it is) or of an
+        item's check is raised after the results of the items before it were yielded."""
+        _check_budget(batch_tokens, chunk_size)
         budget = self.batch_tokens if batch_tokens is None else batch_tokens
-        if not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"batch_tokens must be a positive int, got {budget!r}")
+        check = batching.check_words_item if words else batching.check_text
         iterator = iter(items)
         index = 0
         while True:
-            chunk, chars = [], 0
-            for item in iterator:
-                item = batching.check_words_item(index, item) if words else batching.check_text(index, item)
+            chunk: list = []
+            chars = 0
+            error: BaseException | None = None
+            exhausted = False
+            while len(chunk) < chunk_size and chars < MAX_CHUNK_CHARS:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                except InputFileError as err:
+                    error = err
+                    break
+                except Exception as err:
+                    error = RuntimeError(f"the input iterable raised at item {index} "
+                                         f"({type(err).__name__}): {err}")
+                    error.__cause__ = err
+                    break
+                try:
+                    item = check(index, item)
+                except (TypeError, ValueError) as err:
+                    error = err
+                    break
                 chunk.append(item)
                 index += 1
                 chars += len(item)
-                if len(chunk) >= chunk_size or chars >= MAX_CHUNK_CHARS:
-                    break
-            if not chunk:
-                return
-            yield from self._tag_chunk(chunk, words, budget)
-            if len(chunk) < chunk_size and chars < MAX_CHUNK_CHARS:
+            if chunk:
+                yield from self._tag_chunk(chunk, words, budget)
+            if error is not None:
+                raise error
+            if exhausted:
                 return
 
     def _tag_chunk(self, chunk: list, words: bool, budget: int) -> list[TaggedText]:
@@ -519,8 +645,89 @@ class Tagger:
 # --- file helpers (shared with nertron.engine.distributed) ---------------------------------------
 
 
+class InputFileError(ValueError):
+    """A bad input file (``read_lines``): not valid UTF-8, naming the file and line."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def check_input(path: str | Path, stdin: bool = True) -> None:
+    """Check an input before any output is opened: a regular, readable file (or ``-``,
+    standard input, where ``stdin`` allows it).
+
+    Raises:
+        FileNotFoundError: no such file. PermissionError: not readable.
+        ValueError: a directory, a named pipe or another non-regular file; ``-`` where a
+            file is needed.
+    """
+    if str(path) == "-":
+        if not stdin:
+            raise ValueError("'-' (standard input) cannot be used here: give an input file")
+        return
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no input file {path}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read the input {path}: {err.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"the input {path} is {_kind(info.st_mode)}; give a regular text file"
+                         + (" (or '-' for standard input)" if stdin else ""))
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"the input {path} is not readable (permission denied)")
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path: str | Path, input_path: str | Path | None = None) -> None:
+    """Check an output before it is written: ``-`` (standard output), or a file that is not
+    the input (same path, a symlink or a hard link to it), not a directory or other
+    non-regular file, in a directory that exists.
+
+    Raises:
+        ValueError: naming the problem.
+    """
+    if str(path) == "-":
+        return
+    if input_path is not None and str(input_path) != "-" and _same_file(path, input_path):
+        raise ValueError(f"the output {path} is the input file {input_path}: writing it would erase the texts; "
+                         "give another output file")
+    target = os.path.realpath(path)
+    if os.path.lexists(target):
+        mode = os.stat(target).st_mode if os.path.exists(target) else 0
+        if stat.S_ISDIR(mode):
+            raise ValueError(f"the output {path} is a directory; give a file name (e.g. {Path(path) / 'out.jsonl'})")
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"the output {path} is {_kind(mode)}; give a regular file, or '-' for standard output")
+    parent = os.path.dirname(target) or "."
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot write {path}: the directory {os.path.dirname(str(path)) or '.'} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: the directory {parent} is not writable (permission denied)")
+
+
 def read_lines(path: str | Path, stride: int = 1, offset: int = 0) -> Iterator[str]:
     """The lines of a UTF-8 text file (``-``: standard input), without line ends, streaming.
+
+    The file is checked (``check_input``) when ``read_lines`` is called, not when the first
+    line is read.
 
     Args:
         path: the file.
@@ -528,12 +735,15 @@ def read_lines(path: str | Path, stride: int = 1, offset: int = 0) -> Iterator[s
             the other lines are skipped undecoded).
 
     Raises:
-        ValueError: a line that is not valid UTF-8, naming the file and line number.
-        FileNotFoundError: no such file.
+        InputFileError (a ValueError): a line that is not valid UTF-8, naming the file and line number.
+        FileNotFoundError, PermissionError, ValueError: see ``check_input``.
     """
+    check_input(path)
+    return _read_lines(path, stride, offset)
+
+
+def _read_lines(path: str | Path, stride: int, offset: int) -> Iterator[str]:
     stream = sys.stdin.buffer if str(path) == "-" else None
-    if stream is None and not Path(path).is_file():
-        raise FileNotFoundError(f"no input file {path}")
     handle = stream if stream is not None else open(path, "rb")
     try:
         for number, raw in enumerate(handle):
@@ -542,8 +752,8 @@ def read_lines(path: str | Path, stride: int = 1, offset: int = 0) -> Iterator[s
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}: line {number + 1}: not valid UTF-8 ({err.reason} at byte "
-                                 f"{err.start} of the line: {raw[err.start:err.start + 4]!r})") from None
+                raise InputFileError(f"{path}: line {number + 1}: not valid UTF-8 ({err.reason} at byte "
+                                     f"{err.start} of the line: {raw[err.start:err.start + 4]!r})") from None
             if line.endswith("\n"):
                 line = line[:-2] if line.endswith("\r\n") else line[:-1]
             yield line
@@ -552,12 +762,14 @@ def read_lines(path: str | Path, stride: int = 1, offset: int = 0) -> Iterator[s
             handle.close()
 
 
-def open_output(path: str | Path) -> IO[str]:
-    """A UTF-8 text file to write (``\\n`` line ends), or for ``-`` standard output (left open
+def open_output(path: str | Path) -> contextlib.AbstractContextManager[IO[str]]:
+    """``with open_output(path) as out``: a UTF-8 text file to write (``\\n`` line ends) that
+    replaces ``path`` only when the block ends without an error (``files.open_atomic``; a
+    symlink's target is replaced, the link kept), or for ``-`` standard output (left open
     when the ``with`` block ends, only flushed)."""
     if str(path) == "-":
         return _Unclosed(sys.stdout)
-    return open(path, "w", encoding="utf-8", newline="\n")
+    return open_atomic(os.path.realpath(path))
 
 
 class _Unclosed(io.TextIOBase):

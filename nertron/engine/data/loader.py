@@ -22,8 +22,8 @@ from typing import Iterable, Sequence
 import torch
 
 from nertron.engine.data.readers import Sentence, read_dataset
-from nertron.engine.data.schemes import convert
-from nertron.engine.data.vocab import LabelVocab
+from nertron.engine.data.schemes import convert, normalize_scheme
+from nertron.engine.data.vocab import IGNORE_LABEL, LabelVocab
 from nertron.engine import batching
 from nertron.engine.tokenizer import IGNORE_INDEX, WordPieceTokenizer
 
@@ -124,8 +124,8 @@ class NerData:
                          for s in sentences]
             if not sentences:
                 raise ValueError(f"the {name} set is empty")
-            if source_scheme != tag_scheme:
-                sentences = [Sentence(s.words, convert(s.tags, source_scheme, tag_scheme), s.intent) for s in sentences]
+            if normalize_scheme(source_scheme) != normalize_scheme(tag_scheme):
+                sentences = [Sentence(s.words, _convert(s.tags, source_scheme, tag_scheme), s.intent) for s in sentences]
             splits[name] = sentences
         if "train" not in splits:
             raise ValueError("a training set is required")
@@ -161,25 +161,31 @@ class NerData:
         tag_scheme: str = "IOB2",
         do_lower_case: bool | None = None,
         valid_fraction: float | None = None,
+        source_scheme: str | None = None,
         **kwargs,
     ) -> "NerData":
         """Read files (CoNLL, ATIS, FactRuEval, CSV; see ``read_dataset``) and tokenise them with the
         checkpoint's vocabulary.
+
+        ``tag_scheme`` is the model's scheme; ``source_scheme`` the scheme of the files (any
+        name, e.g. ``'BIOES'``, ``'bioul'``; ``None``: detected per file). Each file's tags are
+        checked against its scheme and converted to ``tag_scheme``.
 
         ``valid_fraction``: with no ``valid_path``, hold out this fraction of the training
         sentences (the last ones, so documents stay together) as the validation set.
         """
         tokenizer = WordPieceTokenizer.from_pretrained(checkpoint_dir, do_lower_case=do_lower_case)
         loaded = {}
-        source_scheme = None
         for name, path in (("train", train_path), ("valid", valid_path), ("test", test_path)):
             if path is None:
                 continue
-            dataset = read_dataset(path, data_format)
+            dataset = read_dataset(path, data_format, tag_scheme=source_scheme)
             loaded[name] = list(dataset)
-            source_scheme = source_scheme or getattr(dataset, "scheme", None)
             if not loaded[name]:
                 raise ValueError(f"no sentences in {path}")
+            if normalize_scheme(dataset.scheme) != normalize_scheme(tag_scheme):
+                loaded[name] = [Sentence(s.words, _convert(s.tags, dataset.scheme, tag_scheme), s.intent)
+                                for s in loaded[name]]
         if valid_fraction is not None:
             if valid_path is not None:
                 raise ValueError("give either a validation file or valid_fraction, not both")
@@ -189,9 +195,8 @@ class NerData:
             if cut < 1:
                 raise ValueError(f"{train_path} has too few sentences ({len(loaded['train'])}) to hold some out")
             loaded["train"], loaded["valid"] = loaded["train"][:cut], loaded["train"][cut:]
-        source_scheme = source_scheme or ("IOB1" if _looks_iob1(loaded["train"]) else "IOB2")
         return cls.from_sentences(loaded["train"], loaded.get("valid"), tokenizer, test=loaded.get("test"),
-                                  source_scheme=source_scheme, tag_scheme=tag_scheme, **kwargs)
+                                  source_scheme=tag_scheme, tag_scheme=tag_scheme, **kwargs)
 
     # --- examples and batches --------------------------------------------------------------------
 
@@ -273,12 +278,9 @@ class NerData:
         return merged
 
 
-def _looks_iob1(sentences: list[Sentence]) -> bool:
-    """IOB1 if some entity starts with I- (after O, at the start, or after another type)."""
-    for s in sentences:
-        previous = "O"
-        for tag in s.tags:
-            if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]):
-                return True
-            previous = tag
-    return False
+def _convert(tags: list[str], source: str, target: str) -> list[str]:
+    """``convert``, keeping the continuation label ``X`` (CSV data) where it is."""
+    if IGNORE_LABEL not in tags:
+        return convert(tags, source, target)
+    converted = iter(convert([t for t in tags if t != IGNORE_LABEL], source, target))
+    return [t if t == IGNORE_LABEL else next(converted) for t in tags]
