@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from nertron.kernels.attention import attention
+from support import FAR, TorchAllocatingInto, far_rows
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -125,26 +126,6 @@ def test_grid_limits():
         attention(qkv, heads, ones * 0, ones, ones, 1)
 
 
-FAR = 2**30 + 64
-BASE = 2**31
-
-
-class _TorchAllocatingInto:
-    """Stands in for the ``torch`` module inside the launcher so that its output,
-    ``torch.empty`` of ``target``'s shape and dtype, is ``target``."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    def empty(self, size, *, dtype=None, device=None):
-        if tuple(size) == tuple(self.target.shape) and dtype == self.target.dtype:
-            return self.target
-        return torch.empty(size, dtype=dtype, device=device)
-
-
 @pytest.mark.parametrize("far", ["qkv", "out"])
 def test_row_offsets_past_int32(far, monkeypatch):
     """Rows FAR = 2^30 + 64 elements apart: row 2's offset passes 2^31. A view of a big
@@ -155,18 +136,11 @@ def test_row_offsets_past_int32(far, monkeypatch):
     heads, d, rows = 2, 16, 3
     values = _qkv(rows, heads, d, torch.float16, seed=9)
     expected = reference(values, heads, 0, rows, rows)
-    width = values.shape[1] if far == "qkv" else heads * d
-    try:
-        buffer = torch.empty(BASE + 2 * FAR + width, dtype=torch.float16, device=DEVICE)
-    except RuntimeError as error:
-        pytest.skip(f"cannot reserve 8 GiB of address space: {error}")
-    view = buffer.as_strided((rows, width), (FAR, 1), BASE)
     qkv = values
     if far == "qkv":
-        qkv = view
-        qkv.copy_(values)
+        qkv = far_rows(values)
     else:
-        monkeypatch.setattr(module, "torch", _TorchAllocatingInto(view))
+        monkeypatch.setattr(module, "torch", TorchAllocatingInto(far_rows(torch.zeros(rows, heads * d, dtype=torch.float16))))
     out = attention(qkv, heads, _vec([0]), _vec([rows]), _vec([rows]), rows)
     if far == "out":
         assert out.stride(0) == FAR

@@ -5,7 +5,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import tempfile
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from nertron.engine import cli
 from nertron.engine.tagger import Tagger
+from support import deadline
 from test_tagger import make_model_dir
 
 
@@ -26,20 +26,6 @@ def loaded(tmp_path_factory, minilm_dir, conll_dev):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Tagger, "load", classmethod(lambda cls, *args, **kwargs: tagger))
         yield path
-
-
-@contextlib.contextmanager
-def deadline(seconds):
-    def expire(signum, frame):
-        raise TimeoutError(f"nertron tag ran over {seconds} s (a hang?)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 words = st.sampled_from(["EU", "Peter", "Blackburn", "Paris", "é", "\t", " ", "\r", "\n", "\x00", "🙂", "\u2028"])
@@ -60,7 +46,7 @@ def test_random_bytes_input(loaded, data, existing, fmt):
         if existing:
             out.write_bytes(b"previous output\n")
         stderr, stdout = io.StringIO(), io.StringIO()
-        with deadline(60), contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+        with deadline(60, "nertron tag"), contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
             rc = cli.main(["tag", "--model", str(loaded), "--input", str(source), "--output", str(out),
                            "--format", fmt])
         err = stderr.getvalue()

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from nertron.kernels.layernorm import embeddings_layernorm, layernorm
+from support import FAR, TorchAllocatingInto, far_rows
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -70,47 +71,7 @@ def test_bad_input():
         embeddings_layernorm(ids, ids[:2], ids, x, x, x, w, w, 1e-5)
 
 
-# --------------------------------------------------------------------------------------
-# Row offsets past 2^31 (int32 would wrap), without gigabytes of memory: the operand is a
-# view of 3 rows spaced FAR elements apart in a big torch.empty buffer, so row 2 starts
-# 2^31 + 128 elements past row 0. Only those rows are ever written or read: the untouched
-# pages of the buffer (8 GiB of address space in fp16, 16 in fp32) are never committed. The
-# view starts BASE = 2^31 elements into the buffer, so an offset that wrapped (true offset -
-# 2^32) still lands inside it: code that wraps gives a wrong answer, not a segfault.
-# --------------------------------------------------------------------------------------
-FAR = 2**30 + 64
-BASE = 2**31
-
-
-def _far_rows(values):
-    """``values`` (rows, H) copied into a view whose rows are FAR elements apart."""
-    span = (values.shape[0] - 1) * FAR + values.shape[1]
-    try:
-        buffer = torch.empty(BASE + span, dtype=values.dtype, device=DEVICE)
-    except RuntimeError as error:  # no room for the address space (not the memory) on this machine
-        pytest.skip(f"cannot reserve {(BASE + span) * values.dtype.itemsize / 2**30:.0f} GiB of address space: {error}")
-    view = buffer.as_strided(values.shape, (FAR, 1), BASE)
-    view.copy_(values)
-    return view
-
-
-class _TorchAllocatingInto:
-    """Stands in for the ``torch`` module inside a launcher so that the launcher's output,
-    ``torch.empty`` of ``target``'s shape and dtype, is ``target`` (a far view); everything
-    else is torch's own."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    def empty(self, size, *, dtype=None, device=None):
-        if tuple(size) == tuple(self.target.shape) and dtype == self.target.dtype:
-            return self.target
-        return torch.empty(size, dtype=dtype, device=device)
-
-
+# Row offsets past 2^31 without gigabytes of memory: see tests/support.py.
 @pytest.mark.parametrize("far", ["x", "out", "mix"])
 def test_layernorm_offsets_past_int32(far, monkeypatch):
     from nertron.kernels import layernorm as module
@@ -121,11 +82,11 @@ def test_layernorm_offsets_past_int32(far, monkeypatch):
     coef = torch.tensor([0.5, -2.0], device=DEVICE)
     mix0 = _randn(rows, hidden, seed=13)
     expected = F.layer_norm(x.float(), (hidden,), w.float(), b.float(), 1e-5)
-    mix = _far_rows(mix0) if far == "mix" else mix0.clone()
+    mix = far_rows(mix0) if far == "mix" else mix0.clone()
     if far == "x":
-        x = _far_rows(x)
+        x = far_rows(x)
     elif far == "out":
-        monkeypatch.setattr(module, "torch", _TorchAllocatingInto(_far_rows(torch.zeros_like(x))))
+        monkeypatch.setattr(module, "torch", TorchAllocatingInto(far_rows(torch.zeros_like(x))))
     out = layernorm(x, w, b, 1e-5, mix, coef, mix_index=1)
     if far == "out":
         assert out.stride(0) == FAR  # the launcher wrote into the far view
@@ -143,9 +104,9 @@ def test_embeddings_layernorm_offsets_past_int32(far, monkeypatch):
     ids, position_ids, type_ids = (torch.tensor(v, device=DEVICE) for v in ([3, 10, 0], [0, 1, 6], [0, 1, 1]))
     summed = word.float()[ids] + typ.float()[type_ids] + pos.float()[position_ids]  # summed in fp32, as the kernel does
     expected = F.layer_norm(summed, (hidden,), w.float(), b.float(), 1e-12)
-    mix = _far_rows(torch.full((rows, hidden), float("nan"), device=DEVICE)) if far == "mix" else torch.empty(rows, hidden, device=DEVICE)
+    mix = far_rows(torch.full((rows, hidden), float("nan"), device=DEVICE)) if far == "mix" else torch.empty(rows, hidden, device=DEVICE)
     if far == "out":
-        monkeypatch.setattr(module, "torch", _TorchAllocatingInto(_far_rows(torch.zeros(rows, hidden, dtype=torch.float16, device=DEVICE))))
+        monkeypatch.setattr(module, "torch", TorchAllocatingInto(far_rows(torch.zeros(rows, hidden, dtype=torch.float16, device=DEVICE))))
     coef = torch.tensor([0.5], device=DEVICE)
     out = embeddings_layernorm(ids, position_ids, type_ids, word, pos, typ, w, b, 1e-12, mix, coef)
     if far == "out":

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from nertron.kernels.matmul import linear
+from support import FAR, TorchAllocatingInto, far_view
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACT = {None: lambda x: x, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
@@ -86,51 +87,7 @@ def test_full_size_bert_shapes(m, n, k, dtype):
     assert ours <= 2 * theirs + 1e-2
 
 
-# --------------------------------------------------------------------------------------
-# Element offsets past 2^31 (int32 would wrap), without gigabytes of memory: the operand is
-# a view of 3 rows spaced FAR elements apart in a big torch.empty buffer, so row 2 starts
-# 2^31 + 128 elements past row 0. Only those rows are ever written or read: the untouched
-# pages of the buffer (8 GiB of address space in fp16) are never committed. The view starts
-# BASE = 2^31 elements into the buffer, so an offset that wrapped (true offset - 2^32) still
-# lands inside it: code that wraps gives a wrong answer, not a segfault.
-# --------------------------------------------------------------------------------------
-FAR = 2**30 + 64
-BASE = 2**31
-
-
-def _far_buffer(span, dtype):
-    """A buffer whose elements BASE .. BASE + span exist (mostly uncommitted pages)."""
-    try:
-        return torch.empty(BASE + span + 1, dtype=dtype, device=DEVICE)
-    except RuntimeError as error:  # no room for the address space (not the memory) on this machine
-        pytest.skip(f"cannot reserve {(BASE + span) * dtype.itemsize / 2**30:.0f} GiB of address space: {error}")
-
-
-def _far_view(values, strides):
-    """``values`` copied into a strided view of a fresh far buffer starting at BASE."""
-    span = sum((size - 1) * stride for size, stride in zip(values.shape, strides))
-    view = _far_buffer(span, values.dtype).as_strided(values.shape, strides, BASE)
-    view.copy_(values)
-    return view
-
-
-class _TorchAllocatingInto:
-    """Stands in for the ``torch`` module inside a launcher so that the launcher's output,
-    ``torch.empty`` of ``target``'s shape and dtype, is ``target`` (a far view); everything
-    else is torch's own."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    def empty(self, size, *, dtype=None, device=None):
-        if tuple(size) == tuple(self.target.shape) and dtype == self.target.dtype:
-            return self.target
-        return torch.empty(size, dtype=dtype, device=device)
-
-
+# Element offsets past 2^31 without gigabytes of memory: see tests/support.py.
 @pytest.mark.parametrize("far", ["x", "x_k", "weight", "residual", "out"])
 def test_offsets_past_int32(far, monkeypatch):
     """Each operand in turn with element offsets past 2^31, against torch on the same values.
@@ -143,15 +100,15 @@ def test_offsets_past_int32(far, monkeypatch):
     x, w, b, r = _inputs(m, n, k, torch.float16, seed=1)
     expected = reference(x, w, b, "gelu", r)
     if far == "x":
-        x = _far_view(x, (FAR, 1))
+        x = far_view(x, (FAR, 1))
     elif far == "x_k":
-        x = _far_view(x, (1, 2**26))
+        x = far_view(x, (1, 2**26))
     elif far == "weight":
-        w = _far_view(w, (FAR, 1))
+        w = far_view(w, (FAR, 1))
     elif far == "residual":
-        r = _far_view(r, (FAR, 1))
+        r = far_view(r, (FAR, 1))
     else:
-        monkeypatch.setattr(matmul, "torch", _TorchAllocatingInto(_far_view(torch.zeros_like(r), (FAR, 1))))
+        monkeypatch.setattr(matmul, "torch", TorchAllocatingInto(far_view(torch.zeros_like(r), (FAR, 1))))
     out = linear(x, w, b, "gelu", r)
     if far == "out":
         assert out.stride(0) == FAR  # the launcher wrote into the far view

@@ -162,6 +162,11 @@ def test_default_mode_equals_seqeval_and_conlleval(conll_gold, scheme):
     ours = metrics.span_scores(gold, pred, scheme=scheme)
     assert 0.3 < ours["f1"] < 0.95
     _assert_matches_seqeval(ours, _seqeval_report(gold, pred))
+    _assert_equals_conlleval(ours, gold, pred)
+
+
+def _assert_equals_conlleval(ours: dict, gold, pred) -> tuple:
+    """Our span scores equal conlleval.pl's (overall, support and per type); its (p, r, f)."""
     (p, r, f), per_type, support = conlleval(gold, pred)
     assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx((p, r, f), abs=1e-12)
     assert ours["support"] == support
@@ -169,6 +174,7 @@ def test_default_mode_equals_seqeval_and_conlleval(conll_gold, scheme):
     for t, scores in per_type.items():
         got = ours["per_type"][t]
         assert (got["precision"], got["recall"], got["f1"]) == pytest.approx(scores, abs=1e-12)
+    return p, r, f
 
 
 def test_gold_against_itself(conll_gold):
@@ -320,13 +326,7 @@ def test_conlleval_mode_equals_conlleval_pl(conll_gold, scheme, prefixes):
     gold = [convert(t, "IOB1", scheme) for t in conll_gold[:1500]]
     pred = corrupt(gold, seed=3, prefixes=prefixes)
     ours = metrics.span_scores(gold, pred, scheme=scheme, mode="conlleval")
-    (p, r, f), per_type, support = conlleval(gold, pred)
-    assert (ours["precision"], ours["recall"], ours["f1"]) == pytest.approx((p, r, f), abs=1e-12)
-    assert ours["support"] == support
-    assert set(ours["per_type"]) == set(per_type)
-    for t, scores in per_type.items():
-        got = ours["per_type"][t]
-        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx(scores, abs=1e-12)
+    p, r, f = _assert_equals_conlleval(ours, gold, pred)
     if scheme in ("IOB1", "IOB2"):  # only B/I prefixes: the default mode is conlleval.pl
         default = metrics.span_scores(gold, pred, scheme=scheme)
         assert (default["precision"], default["recall"], default["f1"]) == pytest.approx((p, r, f), abs=1e-12)

@@ -3,9 +3,7 @@ sentences or one ``DataFormatError`` naming the file (and line), never another e
 hang, and never a changed input file."""
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import tempfile
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from hypothesis import strategies as st
 
 from nertron.engine.data import DataFormatError, read_atis, read_conll, read_csv, read_dataset
 from nertron.tags import SCHEMES, is_valid, spans
+from support import deadline
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -28,25 +27,12 @@ TAGS = ["O", "O", "B-PER", "I-PER", "E-PER", "S-PER", "L-PER", "U-PER", "M-PER",
         "S-LOC", "Q-LOC", "B-", "X"]
 
 
-@contextlib.contextmanager
-def _no_hang(seconds: int = 20):
-    def alarm(signum, frame):
-        raise TimeoutError(f"a reader ran over {seconds} s")
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _read(path: Path, call) -> list | DataFormatError:
     """The sentences ``call`` gives, or its DataFormatError (checked to name ``path``); the file
     is left as it was."""
     before = path.read_bytes(), os.stat(path).st_mtime_ns
     try:
-        with _no_hang():
+        with deadline(20, "a reader"):
             result = list(call())
     except DataFormatError as err:
         assert err.path == path
