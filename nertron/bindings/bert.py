@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from nertron.bindings.masks import is_prefix_mask
+
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
@@ -33,12 +35,6 @@ class EncoderResult:
     pooler_output: Tensor | None  # shape: (B, H)
     hidden_states: tuple[Tensor, ...] | None  # N + 1 of (B, T, H)
     layer_mix: Tensor | None  # shape: (B, T, H), fp32
-
-
-def is_prefix_mask(mask: Tensor) -> bool:
-    """True when every row of ``mask`` (B, T) is ones followed by zeros (right padding)."""
-    lengths = mask.sum(1, keepdim=True)  # shape: (B, 1)
-    return bool(torch.equal(mask, torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths))
 
 
 def _unfusable(module: nn.Module, dtype: torch.dtype) -> str | None:

@@ -46,14 +46,14 @@ from nertron.bindings.crf_reference import (
     crf_log_partition_torch,
     crf_marginals_torch,
     crf_score_torch,
-    crf_viterbi_nbest_torch,
     crf_llh_torchcrf,
+    crf_viterbi_nbest_torch,
     crf_viterbi_torch,
     crf_viterbi_torchcrf,
-    is_prefix_mask,
     needs_torchcrf_compat,
     trim_to_longest,
 )
+from nertron.bindings.masks import is_prefix_mask
 from nertron.tags import allowed, constraint_scheme, parse_label
 
 __all__ = [

@@ -28,6 +28,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from nertron.bindings.masks import mask_gaps
+
 __all__ = [
     "compute_dtype",
     "trim_to_longest",
@@ -38,7 +40,6 @@ __all__ = [
     "crf_viterbi_torch",
     "crf_viterbi_nbest_torch",
     "needs_torchcrf_compat",
-    "is_prefix_mask",
     "crf_llh_torchcrf",
     "crf_viterbi_torchcrf",
 ]
@@ -410,15 +411,10 @@ def needs_torchcrf_compat(emissions: torch.Tensor, mask: torch.Tensor, *params: 
     if emissions.numel() == 0:
         return True
     # shape: ()
-    flag = (mask[:, 1:] & ~mask[:, :-1]).any() | ~torch.isfinite(emissions).all()
+    flag = mask_gaps(mask) | ~torch.isfinite(emissions).all()
     for p in params:
         flag = flag | ~torch.isfinite(p.detach()).all()
     return bool(flag)
-
-
-def is_prefix_mask(mask: torch.Tensor) -> bool:
-    """Whether every row of a ``(B, T)`` bool mask is ones then zeros."""
-    return not bool((mask[:, 1:] & ~mask[:, :-1]).any())
 
 
 def crf_llh_torchcrf(emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor,

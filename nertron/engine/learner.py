@@ -266,7 +266,7 @@ class NerLearner:
             raise ValueError("resume=True continues the training in "
                              f"{self.best_model_path}, overwrite=True replaces it: choose one")
         if not resume and not overwrite and not self._claimed:
-            self._check_output_empty()
+            check_output_dir(self.best_model_path, self.log_path)
         torch.manual_seed(self.seed)
         steps_per_epoch = len(self.data.batches("train", shuffle=True, epoch=0))
         if self.optimizer is None:
@@ -304,9 +304,6 @@ class NerLearner:
                 shown = {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}
                 tqdm.write(f"epoch {self.epoch}/{epochs} {shown}{' *' if improved else ''}")
         return self.history
-
-    def _check_output_empty(self) -> None:
-        check_output_dir(self.best_model_path, self.log_path)
 
     def _read_log(self) -> list[str]:
         """The existing log's complete lines up to the resumed epoch (a line a crash cut short, or

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nertron.bindings import BACKENDS
 from nertron.bindings.crf import CRF, allowed_transitions
 from nertron.bindings.pooling import LayerPooling
 from nertron.engine.bert import BertModel
@@ -127,32 +128,15 @@ def _config_from_json(raw: Any, file: Path) -> "ModelConfig":
         config.validate()
     except ValueError as err:
         raise ModelFileError(f"{file}: {err}") from None
-    if config.backend not in _backends():
-        raise ModelFileError(f"{file}: config field 'backend' must be one of {_backends()}, got {config.backend!r}")
+    if config.backend not in BACKENDS:
+        raise ModelFileError(f"{file}: config field 'backend' must be one of {BACKENDS}, got {config.backend!r}")
     return config
-
-
-def _backends() -> tuple[str, ...]:
-    from nertron.bindings import BACKENDS
-
-    return tuple(BACKENDS)
 
 
 def _read_model_json(file: Path) -> dict[str, Any]:
     """``model.json`` as a dict, or a ``ModelFileError`` naming the file (and the line and column
     where the JSON breaks)."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ModelFileError(f"{file}: not UTF-8 text (byte {err.start} cannot be decoded)") from None
-    except OSError as err:
-        raise ModelFileError(f"{file}: cannot be read: {err.strerror or err}") from None
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ModelFileError(f"{file}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-    except RecursionError:
-        raise ModelFileError(f"{file}: not valid JSON: nested too deeply") from None
+    meta = _read_json(file)
     if not isinstance(meta, dict):
         raise ModelFileError(f"{file}: expected a JSON object with 'class' and 'config', found {_json_type(meta)}")
     unknown = sorted(k for k in meta if k not in ("class", "config", "labels", "intents"))
@@ -631,12 +615,20 @@ class NerModel(nn.Module):
 
 
 def _read_json(file: Path) -> Any:
+    """A JSON file's value, or a ``ModelFileError`` naming the file (and the line and column
+    where the JSON breaks)."""
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ModelFileError(f"{file}: not UTF-8 text (byte {err.start} cannot be decoded)") from None
+    except OSError as err:
+        raise ModelFileError(f"{file}: cannot be read: {err.strerror or err}") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise ModelFileError(f"{file}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except RecursionError:
+        raise ModelFileError(f"{file}: not valid JSON: nested too deeply") from None
 
 
 class BertBiLSTMCRF(NerModel):

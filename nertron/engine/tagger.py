@@ -423,11 +423,11 @@ class Tagger:
         """
         if format not in ("jsonl", "conll"):
             raise ValueError(f"unknown output format {format!r}; expected jsonl or conll")
-        check_input(in_path)
+        lines = read_lines(in_path)  # checks the input now, before the output is touched
         check_output(out_path, in_path)
         count = 0
         with open_output(out_path) as out:
-            for text, result in self.tag_lines(read_lines(in_path), batch_tokens):
+            for text, result in self.tag_lines(lines, batch_tokens):
                 out.write(format_record(text, result, format))
                 count += 1
         return count
