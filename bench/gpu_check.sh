@@ -17,6 +17,8 @@
 #      goes on) -> tests.log, tests.xml;
 #   3. bench/gpu_quick.py: ONE table with every headline figure, each beside its baseline in the
 #      same run (end-to-end tagger tokens/s and x vs transformers + pytorch-crf eager / compiled;
+#      the tagger's host pipeline: GPU-busy fraction, end-to-end tokens/s, host us/text vs
+#      tokenizers.encode_batch for 1, 2 and all threads; nertron.pipeline vs transformers.pipeline;
 #      bert-base encoder fraction of dense bf16 peak; CRF decode / forward us and x vs
 #      pytorch-crf; pooling fraction of HBM bandwidth; the measured ceilings) -> quick.log,
 #      quick.md, quick.json. Its soft budget is what the tests left of QUICK_TOTAL s (default

@@ -15,6 +15,15 @@ Rows (nertron first in each group, then what a user would otherwise run, same in
   transformers ``BertModel`` (sdpa) + the same head in plain PyTorch + pytorch-crf decode,
   eager and with the encoder under ``torch.compile`` (``nertron.bench.e2e.BaselineTagger``).
   Tokens/s count real (non-padding) sub-tokens.
+- ``host``: ``Tagger.tag`` on 1,500 CoNLL-2003 test sentences (texts in, entities out) in
+  batches of 128 sentences: end-to-end tokens/s and the fraction of the wall time the GPU is
+  busy (device-only time, all batches prepared beforehand, over the end-to-end time); the
+  tagger's host work alone (the model's part replayed) beside ``tokenizers.encode_batch`` for
+  1, 2 and all threads, each in its own pinned process (``nertron.bench.host``).
+- ``pipeline``: ``nertron.pipeline`` vs ``transformers.pipeline`` on the same
+  ``BertForTokenClassification`` checkpoint (MiniLM + a seeded CoNLL head), 1,500 CoNLL test
+  sentences, ``batch_size=32``, ``aggregation_strategy="simple"``, bf16 both; whether both
+  return the same entities (``nertron.bench.pipeline``).
 - ``encoder``: a bert-base-shaped encoder (random weights; 12 layers, H 768, 12 heads,
   FFN 3072) at B=256, T=128 (no padding), bf16: nertron's fused Triton encoder vs
   transformers ``BertModel`` (sdpa) eager and compiled; FLOPs (4 GEMMs per layer + QK^T and
@@ -544,7 +553,8 @@ def section_e2e(q: Quick, state: E2EState) -> None:
         sentences, source = synthetic_sentences(tokenizer, 2000), "synthetic (vocabulary words, CoNLL-2003 lengths)"
     B = q.shape("e2e_sentences")
     picked = [list(sentences[i].words) for i in random.Random(0).sample(range(len(sentences)), B)]
-    data = NerData.from_sentences([sentences[0]], None, tokenizer, vocab=LabelVocab(model.config.labels))
+    data = NerData.from_sentences([sentences[0]], None, tokenizer, vocab=LabelVocab(model.config.labels),
+                                  casing=model.config.casing)
     batch = data.collate(data.encode(picked))  # word lists -> window examples -> padded batch (the learner's)
     tokens = int(batch["attention_mask"].sum())
     words = int(batch["word_mask"].sum())
@@ -601,9 +611,58 @@ def section_e2e_compiled(q: Quick, state: E2EState) -> None:
                make, role="baseline", config=state.config, work=state.work)
 
 
+def section_host(q: Quick) -> None:
+    """The tagger's host pipeline (``nertron.bench.host``): end-to-end tokens/s of
+    ``Tagger.tag`` on 1,500 CoNLL test sentences in batches of 128 with the fraction of the
+    wall time the GPU is busy, and the host work alone (model replayed) beside
+    ``tokenizers.encode_batch`` for 1, 2 and all threads."""
+    from nertron.bench.host import measure_host
+
+    bench = type("HostBench", (), {"device": q.device, "quick": q.dry})()
+    result = measure_host(bench, [1], 64, 2) if q.dry else measure_host(bench)
+    share, texts, tokens = result["device_share"], result["texts"], result["tokens"]
+    config = f"{texts} texts ({result['source'].split(' (')[0]}), {tokens} sub-tokens"
+    q.rows.append(dict(group="host", impl="nertron Tagger.tag end to end (texts in, entities out)", role="nertron",
+                       config=config, work={"tokens": tokens, "sentences": texts}, ms=share["full_s"] * 1e3,
+                       p20_ms=share["full_s"] * 1e3, p80_ms=share["full_s"] * 1e3, gpu_busy=share["busy"],
+                       method="best of 3 wall-clock runs (host)",
+                       note=f"device busy {share['busy']:.1%} of the wall time (device-only {share['device_s']:.3f} s, "
+                            f"{share['batches']} batches of {share['rows_per_batch']:.0f} rows)"))
+    for t in result["threads"]:
+        n = t["threads"]
+        host_ms, enc_ms = t["host_us_per_text"] * texts * 1e-3, t["encode_us_per_text"] * texts * 1e-3
+        q.rows.append(dict(group="host", impl=f"nertron Tagger host work, {n} thread(s), model replayed",
+                           role="nertron", config="", work={"tokens": tokens, "sentences": texts}, ms=host_ms,
+                           p20_ms=host_ms, p80_ms=host_ms, note=f"{t['host_us_per_text']:.1f} us/text; "
+                           f"{t['host_over_encode']:.2f}x encode_batch; x{t['speedup_vs_1']:.2f} vs 1 thread"))
+        q.rows.append(dict(group="host", impl=f"tokenizers encode_batch, {n} thread(s)", role="reference", config="",
+                           work={"tokens": tokens, "sentences": texts}, ms=enc_ms, p20_ms=enc_ms, p80_ms=enc_ms,
+                           note=f"{t['encode_us_per_text']:.1f} us/text"))
+    for row in q.rows[-1 - 2 * len(result["threads"]):]:
+        print(f"  host / {row['impl']}: {fmt_time(row['ms'])}; {row['note']}", flush=True)
+
+
+def section_pipeline(q: Quick) -> None:
+    """``nertron.pipeline`` vs ``transformers.pipeline`` on the same token-classification
+    checkpoint (MiniLM + a seeded CoNLL head), 1,500 CoNLL test sentences, ``batch_size=32``,
+    ``aggregation_strategy="simple"``, bf16 both (``nertron.bench.pipeline``)."""
+    from nertron.bench.pipeline import Setup, same_output
+
+    bench = type("PipelineBench", (), {"cuda": q.cuda, "quick": q.dry, "sync": lambda self: q.sync()})()
+    s = Setup(bench, 32 if q.dry else 1500)
+    agree = same_output(s.run_theirs(), s.run_ours())
+    config = (f"{len(s.texts)} texts, batch_size {s.batch_size}, aggregation 'simple', "
+              f"{'fp32' if q.dry else 'bf16'}; same entities: {agree}")
+    work = {"tokens": s.tokens, "sentences": len(s.texts)}
+    q.measure("pipeline", "nertron.pipeline (fused encoder)", s.run_ours, role="nertron", config=config, work=work)
+    q.measure("pipeline", "transformers.pipeline (sdpa)", s.run_theirs, role="baseline", config=config, work=work)
+
+
 # ====================================================================== table
 GROUPS = {  # group -> headline title, in table order
     "e2e": "End-to-end tagger, CoNLL-2003 length mix",
+    "host": "Tagger host pipeline and GPU busy fraction (1,500 CoNLL sentences)",
+    "pipeline": "nertron.pipeline vs transformers.pipeline (token classification)",
     "encoder": "BERT encoder, fraction of dense bf16 peak",
     "crf decode": "CRF Viterbi decode",
     "crf forward": "CRF forward (log Z)",
@@ -612,7 +671,8 @@ GROUPS = {  # group -> headline title, in table order
 }
 
 
-SECTION_GROUP = {"ceilings": "ceilings", "crf": "crf decode", "pooling": "pooling", "e2e": "e2e",
+SECTION_GROUP = {"ceilings": "ceilings", "crf": "crf decode", "pooling": "pooling", "e2e": "e2e", "host": "host",
+                 "pipeline": "pipeline",
                  "encoder": "encoder", "e2e compiled": "e2e", "encoder compiled": "encoder"}
 
 
@@ -685,7 +745,7 @@ def _cells(row: dict[str, Any], env: dict[str, Any]) -> tuple[str, str, str]:
         return "-", "-", "-"
     group = row["group"]
     rate, ceiling = "-", "-"
-    if group == "e2e":
+    if group in ("e2e", "host", "pipeline"):
         rate = f"{fmt_rate(row.get('tokens_per_s'), 'tok/s')} ({fmt_rate(row.get('sentences_per_s'), 'sent/s')})"
     elif "tflops" in row:
         rate = f"{row['tflops']:.4g} TFLOP/s"
@@ -806,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
         ("crf", lambda: section_crf(q)),
         ("pooling", lambda: section_pooling(q)),
         ("e2e", lambda: section_e2e(q, e2e)),
+        ("host", lambda: section_host(q)),
+        ("pipeline", lambda: section_pipeline(q)),
         ("encoder", lambda: section_encoder(q, enc)),
         ("e2e compiled", lambda: section_e2e_compiled(q, e2e)),
         ("encoder compiled", lambda: section_encoder_compiled(q, enc)),

@@ -25,6 +25,7 @@ _EXPORTS = {
     "allowed_transitions": "nertron.bindings.crf",
     "Tagger": "nertron.engine.tagger",
     "Entity": "nertron.engine.tagger",
+    "pipeline": "nertron.engine.pipeline",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -3,6 +3,8 @@ word lists, windows, length bucketing under a token budget, collation and mergin
 CoNLL-2003 sentences and the real MiniLM vocabulary."""
 import random
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -127,3 +129,96 @@ def test_nerdata_and_tagger_batch_alike(tok, sentences):
         for key in ("input_ids", "attention_mask", "word_index", "word_mask"):
             assert torch.equal(batch[key], plain[key])
         assert batch["labels"].shape == plain["word_mask"].shape
+
+
+# --- the flat path (Encoded, units, collate_units): the tagger's host pipeline --------------------
+
+# characters of every class the word splitter and BERT's normaliser tell apart: letters, 's',
+# digits, the joining punctuation, other punctuation, whitespace of several kinds, characters
+# the normaliser removes (zero-width, control, BOM), a combining mark, CJK, a ligature, a dotted
+# capital I (lower-cases to two characters), symbols that normalise to punctuation, an emoji
+ALPHABET = list("aAsSzZ0189 .,:/'-’!?()[]#@\t\n\u3000\u00a0\u200b\u200d\x00\ufeff\u00adéüßİ\u0301中文ﬁ¼\u1fef\u037e\U0001F600")
+PIECES = ["U.S.", "'s", "Jean-Pierre", "1996-08-22", "3.5", "O'Neill", "##ab", "x" * 120, "  "]
+
+
+def random_texts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(ALPHABET) if rng.random() < 0.8 else rng.choice(PIECES)
+                    for _ in range(rng.randint(0, 50))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["uncased", "cased"])
+def test_encode_texts_without_offsets_equals_with_offsets_and_encode_text(minilm_dir, sentences, lower):
+    """The fast path (encode_batch_fast, pre-tokens located from the character classes) gives
+    the same words and sub-tokens as the path with offsets, which equals encode_text per text;
+    on real sentences and on 3,000 random texts of every awkward character class."""
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir, do_lower_case=lower)
+    texts = [" ".join(words) for words in sentences] + random_texts(3000, seed=int(lower))
+    fast, slow = tok.encode_texts(texts), tok.encode_texts(texts, offsets=True)
+    assert fast.token_chars is None and slow.token_chars is not None  # no fallback was needed
+    for name in ("ids", "token_ptr", "word_chars", "word_first", "word_ptr"):
+        assert (getattr(fast, name) == getattr(slow, name)).all(), name
+    for n in range(0, len(texts), 7):
+        one = tok.encode_text_batch([texts[n]])[0]
+        assert fast.pieces(n) == slow.pieces(n) == one
+        assert fast.words(n) == one.words
+
+
+def test_encode_word_lists_equals_encode_words(tok, sentences):
+    lists = sentences + [["\u200b"], ["a", "\u200b", "b"], [], ["\u0301", "x"], ["U.S.", "Jean-Pierre"]]
+    encoded = tok.encode_word_lists(lists)
+    for n, words in enumerate(lists):
+        if words:
+            assert encoded.pieces(n) == tok.encode_words(words)
+        assert encoded.words(n) == words
+    assert encoded.pieces(len(sentences) + 1).tokens == ["a", "[UNK]", "b"]  # an emptied word keeps its place
+
+
+def test_units_and_collate_units_equal_windows_and_collate(tok, sentences):
+    """Windows on flat arrays (``units``) are ``WordPieceTokenizer.windows``'s, and their padded
+    batch equals ``collate`` of those windows, including windows that cut a long text."""
+    long_text = " ".join(" ".join(words) for words in sentences)
+    texts = [" ".join(words) for words in sentences[:6]] + ["", long_text * 4, "one"]
+    tok = WordPieceTokenizer.from_pretrained(tok.source, max_length=64)
+    encoded = tok.encode_texts(texts)
+    windows = batching.units(tok, encoded)
+    expected = [(n, k, w) for n, text in enumerate(texts) if text
+                for k, w in enumerate(tok.windows(tok.encode_text(text)))]
+    assert [(int(i), int(k)) for i, k in zip(windows.item, windows.number)] == [(n, k) for n, k, _ in expected]
+    assert max(k for _, k, _ in expected) > 3
+    for rows in ([0, 1, 2], list(range(len(windows))), [len(windows) - 1, 6]):
+        got = batching.collate_units(tok, encoded, windows, rows)
+        want = batching.collate(tok, [expected[r][2] for r in rows])
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    assert windows.lengths.tolist() == [len(w.input_ids) for _, _, w in expected]
+
+
+def test_collate_refuses_a_window_too_long(tok):
+    pieces = tok.encode_words(["word"] * 600)
+    with pytest.raises(ValueError, match="more than max_length - 2"):
+        batching.collate(tok, [pieces])
+
+
+@pytest.mark.parametrize("casing", ["shape", "chars"])
+def test_collate_units_casing_inputs_equal_collate(minilm_dir, sentences, casing):
+    """The casing inputs from flat arrays (``flat_casing_tensors``) equal ``casing_tensors`` of
+    the windows' words: real sentences, random texts of every character class (cased, uncased,
+    digits, punctuation, CJK, titlecase, long words), and the later windows of a long text
+    (whose first word is not the first of its input)."""
+    tok = WordPieceTokenizer.from_pretrained(minilm_dir, max_length=48)
+    extra = ["ǅemal McDONALD iPhone A U.S. 1st F16 3.5 -- , $ 中文 Straße ÉCOLE x" + "y" * 30, "a"]
+    texts = [" ".join(words) for words in sentences] + random_texts(400, seed=7) + extra
+    texts.append(" ".join(texts[:20]))  # windowed
+    encoded = tok.encode_texts(texts)
+    windows = batching.units(tok, encoded)
+    assert (windows.number > 0).sum() > 3
+    expected = [w for n, text in enumerate(texts) if encoded.word_counts[n]
+                for w in tok.windows(encoded.pieces(n))]
+    for rows in (np.arange(len(windows)), np.arange(len(windows))[::-7], np.flatnonzero(windows.item == len(texts) - 1)):
+        got = batching.collate_units(tok, encoded, windows, rows, casing=casing)
+        want = batching.collate(tok, [expected[r] for r in rows], casing=casing)
+        assert got.keys() == want.keys() and "word_shapes" in got
+        for key in want:
+            assert torch.equal(got[key], want[key]), key

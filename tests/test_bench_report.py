@@ -23,7 +23,8 @@ def test_checkout_script_is_the_package_entry_point():
 
 
 def test_sections_are_modules_with_titles():
-    assert list(suite.SECTIONS) == ["crf", "pooling", "attention", "gemm", "layernorm", "encoder", "e2e"]
+    assert list(suite.SECTIONS) == ["crf", "pooling", "attention", "gemm", "layernorm", "encoder", "e2e", "pipeline",
+                                   "host"]
     for name, module in suite.SECTIONS.items():
         assert callable(module.section) and module.TITLE, name
 
@@ -31,7 +32,7 @@ def test_sections_are_modules_with_titles():
 def test_quick_report_on_cpu(tmp_path, minilm_dir):
     threads = torch.get_num_threads()
     try:
-        code = suite.main(["--device", "cpu", "--quick", "--sections", "crf,pooling,e2e",
+        code = suite.main(["--device", "cpu", "--quick", "--sections", "crf,pooling,e2e,host",
                            "--out", str(tmp_path), "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
@@ -46,9 +47,18 @@ def test_quick_report_on_cpu(tmp_path, minilm_dir):
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", section
         assert f"report_cpu_{section}.png" in md.read_text()
     rows = report["rows"]
-    assert {r["section"] for r in rows} == {"crf", "pooling", "e2e"}
+    assert {r["section"] for r in rows} == {"crf", "pooling", "e2e", "host"}
     ops = {(r["section"], r["op"]) for r in rows}
     assert ("crf", "decode") in ops and ("crf", "nll fwd+bwd") in ops
+    # host: the replayed tagger beside encode_batch, one thread in --quick; no plot (no sweep)
+    [host] = [r for r in rows if r["section"] == "host"]
+    assert not host.get("status"), host
+    ours, base = host["impls"]["nertron"], host["impls"][host["baseline"]]
+    assert host["config"]["threads"] == 1 and ours["us_per_text"] > 0 and base["us_per_text"] > 0
+    assert host["ratio"] == pytest.approx(base["ms"] / ours["ms"])
+    assert 0 < host["device_share"]["busy"] and host["format_us_per_text"]["jsonl"] > 0
+    assert "host / encode_batch" in md.read_text() and not (tmp_path / "report_cpu_host.png").exists()
+    rows = [r for r in rows if r["section"] != "host"]
     for row in rows:
         assert not row.get("status"), row
         ours, base = row["impls"]["nertron"], row["impls"][row["baseline"]]

@@ -221,3 +221,20 @@ def test_bad_input(tiny, make, error, text):
 def test_bad_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         BertModel(_tiny_config(), backend="cuda")
+
+
+def test_reference_layer_mix_skips_padding(minilm, conll_batch):
+    """Inference with ``layer_mix`` on a padded batch runs the reference on the real tokens only
+    (packed): the real positions' states and mix are those of the full forward, padding holds
+    zeros; ``packed=False`` computes every position."""
+    coef = torch.linspace(0.1, 0.7, minilm.config.num_hidden_layers + 1)
+    real = conll_batch["attention_mask"].bool()
+    with torch.no_grad():
+        packed = minilm(**conll_batch, output_hidden_states=True, layer_mix=coef)
+        full = minilm(**conll_batch, output_hidden_states=True, layer_mix=coef, packed=False)
+    for got, want in [(packed.last_hidden_state, full.last_hidden_state), (packed.layer_mix, full.layer_mix),
+                      *zip(packed.hidden_states, full.hidden_states)]:
+        torch.testing.assert_close(got[real], want[real], rtol=1e-4, atol=1e-5)
+        assert not got[~real].any()
+    assert full.layer_mix[~real].abs().sum() > 0
+    torch.testing.assert_close(packed.pooler_output, full.pooler_output, rtol=1e-4, atol=1e-5)

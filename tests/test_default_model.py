@@ -16,6 +16,11 @@ from nertron.engine.metrics import span_scores
 from nertron.engine.tagger import DEFAULT_MODEL_DIR
 
 
+# The shipped model scores 0.936 on these 400 sentences (Tagger.load(device="cpu").tag_words,
+# measured 2026-11-30); the bar leaves room for numerical differences, not for a worse model.
+THRESHOLD_400 = 0.90
+
+
 @pytest.fixture(scope="module")
 def tagger():
     return Tagger.load(device="cpu")
@@ -23,9 +28,11 @@ def tagger():
 
 def test_files_are_small_fp16_and_portable():
     names = sorted(p.name for p in DEFAULT_MODEL_DIR.iterdir())
-    assert names == ["head.safetensors", "labels.json", "model.json", "provenance.json"]
+    assert names == ["head.safetensors", "model.json", "provenance.json"]  # the labels are in model.json
     meta = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
     assert meta["class"] == "BertBiLSTMAttnCRF"
+    # the encoder is uncased: the head reads the casing of the original words
+    assert meta["config"]["casing"] in ("shape", "chars") and meta["config"]["labels"][0] == "<pad>"
     assert meta["config"]["checkpoint_dir"] == DEFAULT_CHECKPOINT_PACKAGE  # found again at load, not a local path
     with safe_open(str(DEFAULT_MODEL_DIR / "head.safetensors"), "pt") as f:
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}
@@ -50,5 +57,5 @@ def test_accuracy_on_held_out_conll(tagger, data_dir):
                  zip(sentences, entities)]
     scores = span_scores(gold, predicted)
     provenance = json.loads((DEFAULT_MODEL_DIR / "provenance.json").read_text())
-    assert scores["f1"] > 0.75, scores["f1"]  # the full test set gives provenance["test_span_f1"]
-    assert provenance["test_span_f1"] > 0.8
+    assert scores["f1"] > THRESHOLD_400, scores["f1"]  # the full test set gives provenance["test_span_f1"]
+    assert provenance["test_span_f1"] >= 0.87 and provenance["chosen_by"].startswith("valid_span_f1")

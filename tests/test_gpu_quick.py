@@ -25,12 +25,16 @@ HEADLINES = (  # (table title, group in quick.json, roles every group must hold)
     ("CRF forward (log Z)", "crf forward", ("nertron", "baseline")),
     ("Weighted-layer pooling, fraction of HBM bandwidth", "pooling", ("nertron", "baseline")),
     ("Device ceilings (measured)", "ceilings", ("ceiling",)),
+    ("Tagger host pipeline and GPU busy fraction (1,500 CoNLL sentences)", "host", ("nertron", "reference")),
+    ("nertron.pipeline vs transformers.pipeline (token classification)", "pipeline", ("nertron", "baseline")),
 )
 IMPLS = (  # implementations the table must compare
     "nertron model", "nertron Tagger.tag_words", "transformers BertModel (sdpa) + same head + pytorch-crf, eager",
     "transformers BertModel torch.compile", "nertron BertModel", "transformers BertModel (sdpa), eager",
     "transformers BertModel (sdpa), torch.compile", "nertron CRF.decode(as_tensor=True)", "pytorch-crf CRF.decode",
     "nertron CRF.forward", "pytorch-crf CRF.forward", "nertron LayerPooling", "device-to-device copy", "cuBLAS GEMM",
+    "nertron Tagger.tag end to end", "nertron Tagger host work, 1 thread(s)", "tokenizers encode_batch, 1 thread(s)",
+    "nertron.pipeline (fused encoder)", "transformers.pipeline (sdpa)",
 )
 
 
@@ -87,3 +91,6 @@ def test_quick_dry_run(tmp_path, minilm_dir):
     pooling = [r for r in rows if r["group"] == "pooling"]
     assert all("fraction_of_copy" in r and "fraction_of_nominal" in r for r in pooling)
     assert sum("compile" in r["impl"] for r in rows) == 2  # e2e and encoder under torch.compile
+    host = by_impl["nertron Tagger.tag end to end (texts in, entities out)"]
+    assert 0 < host["gpu_busy"] and "busy" in host["note"] and host["tokens_per_s"] > 0
+    assert "same entities: True" in by_impl["nertron.pipeline (fused encoder)"]["config"]

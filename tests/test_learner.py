@@ -112,6 +112,39 @@ def test_joint_model_on_atis(data_dir, tokenizer, minilm_dir, tmp_path):
     assert len(intents) == len(valid) and all(i in data.intent_vocab.names for i in intents)
 
 
+def test_tagger_alone_on_data_with_intents(data_dir, tokenizer, minilm_dir, tmp_path):
+    """A non-joint model trained on ATIS (whose sentences carry intents) saves without intents."""
+    train = list(itertools.islice(read_atis(data_dir / "atis" / "atis.train.w-intent.iob"), 60))
+    data = NerData.from_sentences(train, train, tokenizer, batch_tokens=512)
+    assert data.intent_vocab is not None
+    model = BertBiLSTMCRF.create(data.vocab.num_labels, minilm_dir, labels=data.vocab.labels, enc_hidden_dim=16)
+    NerLearner(model, data, tmp_path / "run", progress=False).fit(1)
+    assert NerModel.load(tmp_path / "run").intents is None
+
+
+def test_fine_tuning_learning_rates_per_layer(conll, minilm_dir, tmp_path):
+    """--fine-tune: the head at lr, BERT's top layer at bert_lr, each layer below at layer_decay
+    times the one above, the embeddings lowest; a frozen BERT has no parameter group."""
+    model = BertBiLSTMCRF.create(conll.vocab.num_labels, minilm_dir, labels=conll.vocab.labels, enc_hidden_dim=16,
+                                 freeze=False)
+    learner = NerLearner(model, conll, tmp_path / "tuned", lr=1e-3, bert_lr=1e-4, layer_decay=0.5, progress=False)
+    learner._make_optimizer(10)
+    lr_of = {id(p): group["lr"] for group in learner.optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    layers = model.features.bert.config.num_hidden_layers
+    assert lr_of[id(named["lstm.lstm.weight_ih_l0"])] == 1e-3
+    assert lr_of[id(named[f"features.bert.encoder.layer.{layers - 1}.output.dense.weight"])] == pytest.approx(1e-4)
+    assert lr_of[id(named["features.bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(1e-4 * 0.5 ** (layers - 1))
+    assert lr_of[id(named["features.bert.embeddings.word_embeddings.weight"])] == pytest.approx(1e-4 * 0.5 ** layers)
+    no_decay = {id(p) for group in learner.optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]}
+    assert id(named["features.bert.encoder.layer.0.output.dense.bias"]) in no_decay
+    assert len(lr_of) == sum(p.requires_grad for p in model.parameters())
+    frozen = NerLearner(BertBiLSTMCRF.create(conll.vocab.num_labels, minilm_dir, labels=conll.vocab.labels,
+                                             enc_hidden_dim=16), conll, tmp_path / "frozen", bert_lr=1e-4, progress=False)
+    frozen._make_optimizer(10)
+    assert [g["lr"] for g in frozen.optimizer.param_groups] == [1e-3, 1e-3]  # decayed weights, then the rest
+
+
 def test_errors(conll, minilm_dir, tokenizer, tmp_path):
     model = BertBiLSTMCRF.create(5, minilm_dir)
     with pytest.raises(ValueError, match="predicts 5 labels but the data's label vocabulary has 10"):

@@ -53,7 +53,8 @@ def batch(minilm_dir, conll_dev):
 def _make(cls, minilm_dir, **kwargs):
     torch.manual_seed(0)
     options = dict(labels=LABELS, enc_hidden_dim=32, num_heads=2, key_dim=16, val_dim=16, dec_embedding_dim=8,
-                   dec_hidden_dim=32, input_dropout=0.1, attn_dropout=0.1)
+                   dec_hidden_dim=32, input_dropout=0.1, attn_dropout=0.1,
+                   casing="none")  # the batches here come from transformers' tokenizer (casing: test_casing.py)
     if cls.joint:
         options["intent_size"] = 3
     options.update(kwargs)

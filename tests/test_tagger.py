@@ -12,12 +12,14 @@ import sys
 import pytest
 import torch
 
+from nertron.engine.casing import casing_tensors
+
 from nertron.bindings.crf import allowed_transitions, crf_marginals_torch, crf_span_log_probs
-from nertron.engine import cli, tagger as tagger_module
+from nertron.engine import batching, cli, tagger as tagger_module
 from nertron.engine.data.schemes import convert, spans
 from nertron.engine.data.vocab import LabelVocab
 from nertron.engine.models import BertBiLSTMAttnCRF, BertBiLSTMAttnNMT, BertBiLSTMCRF, ModelConfig
-from nertron.engine.tagger import Entity, Tagger, _ChunkRules
+from nertron.engine.tagger import Entity, TaggedText, Tagger, _ChunkRules
 from nertron.engine.tokenizer import merge_windows
 
 
@@ -188,6 +190,7 @@ def word_batch(tagger: Tagger, text: str):
     batch = tagger.tokenizer.batch([pieces])
     batch["word_index"] = torch.tensor([pieces.word_starts]) + 1
     batch["word_mask"] = torch.ones(1, len(pieces.words), dtype=torch.bool)
+    batch.update(casing_tensors([pieces], tagger.casing))  # the model's casing inputs, if it reads them
     starts = [a for a, _ in pieces.word_offsets]
     ends = [b for _, b in pieces.word_offsets]
     return batch, starts, ends
@@ -263,6 +266,20 @@ def ends_of(pieces) -> list[int]:
     return [b for _, b in pieces.word_offsets]
 
 
+def window_alone(tagger: Tagger, window) -> tuple[list[str], list[tuple[str, int, int, float]]]:
+    """One window run alone, by hand (collate, model, chunk rules, CRF span scores): its tag
+    names and its entities ``(label, first word, end word, score)``. The window keeps its
+    place in its text (``word_index``), so its casing inputs are those of the text."""
+    batch = batching.collate(tagger.tokenizer, [window], casing=tagger.casing)
+    with torch.inference_mode():
+        out = tagger.model(batch)
+        spans, label_ids = tagger._rules.spans(out.tags, batch["word_mask"])
+        scores = tagger.model.crf.span_log_probs(out.emissions.float(), out.tags, spans, batch["word_mask"]).exp()
+    found = [(tagger._rules.types[t], i, j + 1, min(p, 1.0))
+             for (_, i, j), t, p in zip(spans.tolist(), label_ids.tolist(), scores.tolist())]
+    return [tagger.labels[t] for t in out.tags[0].tolist()], found
+
+
 def test_long_text_is_windowed_without_losing_words(model_dir, conll_dev):
     """A text of > 512 sub-tokens: every word gets exactly one tag, the tags are those of the
     windows tagged one by one and merged, and no entity is lost or doubled at the seams."""
@@ -274,8 +291,8 @@ def test_long_text_is_windowed_without_losing_words(model_dir, conll_dev):
     [result] = list(tagger._stream([text], words=False))
     assert result.words == pieces.words and len(result.tags) == len(pieces.words)
     # each window alone (it fits, so it is not windowed again), merged by the tokenizer's rule
-    window_tags = [next(tagger._stream([w.words], words=True)).tags for w in windows]
-    assert result.tags == merge_windows(pieces, windows, window_tags)
+    alone = [window_alone(tagger, w) for w in windows]
+    assert result.tags == merge_windows(pieces, windows, [tags for tags, _ in alone])
     # the entities are exactly the spans of those tags: none lost, none doubled
     entities = tagger.tag(text)
     check_entities(text, entities)
@@ -287,12 +304,11 @@ def test_long_text_is_windowed_without_losing_words(model_dir, conll_dev):
     # the same words given as a word list: same spans, as word indices
     # scores: an entity is scored in a window holding it; where that window, tagged alone,
     # finds the same entity, the score is the same
-    alone = [next(tagger._stream([w.words], words=True)).entities for w in windows]
     matched = 0
     for e in entities:
         first, last = starts_of(pieces).index(e.start), ends_of(pieces).index(e.end)
-        scores = {x.score for w, found in zip(windows, alone) for x in found
-                  if (x.label, x.start + w.word_index, x.end + w.word_index) == (e.label, first, last + 1)}
+        scores = {score for w, (_, found) in zip(windows, alone) for label, a, b, score in found
+                  if (label, a + w.word_index, b + w.word_index) == (e.label, first, last + 1)}
         if scores:
             assert any(abs(e.score - s) < 1e-6 for s in scores)
             matched += 1
@@ -393,7 +409,8 @@ def test_tag_iter_reads_in_bounded_chunks(tagger, texts):
 
     results = tagger.tag_iter(endless(), chunk_size=4)
     first = list(itertools.islice(results, 6))
-    assert len(first) == 6 and len(pulled) == 8  # two chunks of 4, nothing more
+    # two chunks of 4, and the next one, read ahead to be prepared while the model runs
+    assert len(first) == 6 and len(pulled) == 12
     assert [key(r) for r in first] == [key(r) for r in tagger.tag(texts[:6])]
 
 
@@ -562,3 +579,122 @@ def test_fifo_input_is_refused_without_blocking(tagger, tmp_path):
     with pytest.raises(ValueError, match=r"pipe is a named pipe \(FIFO\)"):
         tagger.tag_file(fifo, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+# --- the host pipeline: worker thread, word probabilities, batching options, output ---------------
+
+
+def test_worker_thread_gives_the_same_results_in_order(model_dir, texts, conll_dev):
+    """threads=1 (chunks prepared by the worker thread while the model runs) and threads=0 give
+    the same results, in input order, over several chunks, long (windowed) and empty texts."""
+    long_text = " ".join(" ".join(words) for words, _ in conll_dev[40:90])
+    items = texts[:25] + ["", long_text, "   "] + texts[25:]
+    inline = Tagger.load(model_dir, device="cpu", threads=0)
+    worker = Tagger.load(model_dir, device="cpu", threads=1)
+    a = list(inline._stream(items, words=False, chunk_size=7))
+    b = list(worker._stream(items, words=False, chunk_size=7))
+    assert a == b and len(a) == len(items)
+    assert a[25] == TaggedText([], [], []) and len(a[26].words) > 300
+    assert [key(r.entities) for r in a] == [key(e) for e in inline.tag(items)]
+    two = Tagger.load(model_dir, device="cpu", threads=2)  # two chunks prepared at once
+    assert list(two._stream(items, words=False, chunk_size=7)) == a
+    with pytest.raises(ValueError, match="threads"):
+        Tagger.load(model_dir, device="cpu", threads=-1)
+
+
+def test_error_mid_stream_comes_after_the_results_before_it(model_dir, texts):
+    worker = Tagger.load(model_dir, device="cpu", threads=1)
+
+    def items():
+        yield from texts[:10]
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(RuntimeError, match="item 10 .*disk gone"):
+        for entities in worker.tag_iter(items(), chunk_size=4):
+            got.append(entities)
+    assert [key(e) for e in got] == [key(e) for e in worker.tag(texts[:10])]
+
+
+def test_word_probs_are_crf_marginals_of_the_decoded_tags(tagger, texts):
+    lines = texts[:8] + [""]
+    together = [result for _, result in tagger.tag_lines(lines, word_probs=True)]
+    assert together[-1].probs == [] and all(result.probs is None for _, result in tagger.tag_lines(lines[:2]))
+    for text, batched in zip(lines[:8], together):
+        # alone: the same batch as built below, so the same floats (in a batch: within fp32 noise)
+        [(_, result)] = list(tagger.tag_lines([text], word_probs=True))
+        assert batched.probs == pytest.approx(result.probs, abs=1e-4)
+        batch, _, _ = word_batch(tagger, text)
+        with torch.no_grad():
+            marginals = tagger.model.marginals(batch)[0]  # shape: (W, K)
+        tags = [tagger.labels.index(t) for t in result.tags]
+        assert len(result.probs) == len(result.words) == len(tags)
+        # (a probability is at most 1: the fp32 marginal can pass it by an ulp or so)
+        assert result.probs == pytest.approx([min(float(marginals[w, t]), 1.0) for w, t in enumerate(tags)], abs=1e-6)
+
+
+def test_max_batch_size_caps_the_rows_and_changes_nothing(model_dir, texts):
+    capped = Tagger.load(model_dir, device="cpu", max_batch_size=3)
+    chunk = capped._prepare(texts[:20], False, capped.batch_tokens)
+    assert max(len(group) for group in chunk.groups) == 3
+    assert [key(e) for e in capped.tag(texts[:20])] == [key(e) for e in Tagger.load(model_dir, device="cpu").tag(texts[:20])]
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Tagger.load(model_dir, device="cpu", max_batch_size=0)
+
+
+def test_entity_boundaries_on_the_device_equal_the_chunk_rules(tagger):
+    """``_ChunkRules.boundaries`` (fixed shapes, for the device) finds the spans ``spans`` finds."""
+    rng = torch.Generator().manual_seed(0)
+    K = len(tagger.labels)
+    tags = torch.randint(0, K, (64, 17), generator=rng)
+    lengths = torch.randint(1, 18, (64,), generator=rng)
+    mask = torch.arange(17) < lengths[:, None]
+    spans, labels = tagger._rules.spans(tags, mask)
+    first, last, end = tagger._rules.boundaries(tags, mask)
+    b, i = first.nonzero().unbind(1)
+    assert torch.equal(torch.stack([b, i, end[b, i]], 1), spans) and torch.equal(tags[b, i], labels)
+    assert int(last.sum()) == len(spans)
+
+
+def test_entity_to_dict_is_the_hugging_face_grouped_shape_and_jsonl_keeps_its_fields(tagger, texts):
+    import numpy as np
+
+    [(text, result)] = list(tagger.tag_lines([texts[2]]))
+    entity = result.entities[0]
+    d = entity.to_dict()
+    assert list(d) == ["entity_group", "score", "word", "start", "end"] and isinstance(d["score"], np.float32)
+    assert (d["entity_group"], d["word"], d["start"], d["end"]) == (entity.label, entity.text, entity.start, entity.end)
+    record = json.loads(tagger_module.format_record(text, result, "jsonl"))
+    assert record["entities"][0] == {"text": entity.text, "label": entity.label, "start": entity.start,
+                                     "end": entity.end, "score": entity.score}
+
+
+def test_tag_file_shows_progress_on_stderr_only(model_dir, texts, tmp_path, capsys, monkeypatch):
+    """A bar on stderr with the file's total, texts/s and tokens/s when stderr is a terminal (or
+    progress=True); stdout stays clean; off with progress=False / --quiet, when stderr is not a
+    terminal, and for library calls on plain lists."""
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(texts[:12]) + "\n", encoding="utf-8")
+    tagger = Tagger.load(model_dir, device="cpu")
+    capsys.readouterr()
+    assert tagger.tag_file(inp, tmp_path / "out.jsonl", progress=True) == 12
+    out, err = capsys.readouterr()
+    assert out == "" and "12/12" in err and "tokens/s" in err
+    tagger.tag_file(inp, tmp_path / "out.jsonl")  # stderr is not a terminal here
+    tagger.tag_file(inp, tmp_path / "out.jsonl", progress=False)
+    tagger.tag(texts[:12])
+    list(tagger.tag_lines(texts[:3]))
+    assert capsys.readouterr() == ("", "")
+    list(tagger.tag_lines(texts[:3], progress=True))
+    assert "3/3" in capsys.readouterr().err
+    assert tagger_module.count_lines(inp) == 12
+    (tmp_path / "no_end.txt").write_text("a\nb", encoding="utf-8")
+    assert tagger_module.count_lines(tmp_path / "no_end.txt") == 2 == len(list(tagger_module.read_lines(tmp_path / "no_end.txt")))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # as in a terminal
+    assert cli.main(["tag", "--model", str(model_dir), "--device", "cpu", "--input", str(inp), "--output",
+                     str(tmp_path / "cli.jsonl")]) == 0
+    assert "12/12" in capsys.readouterr().err
+    assert cli.main(["tag", "--model", str(model_dir), "--device", "cpu", "--input", str(inp), "--quiet",
+                     "--format", "jsonl"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 12 and err == ""

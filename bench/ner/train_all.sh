@@ -3,25 +3,32 @@
 # weighted-layer pooling) and collects the scores into bench/results/ner_results.{md,json}.
 # Usage: bash bench/ner/train_all.sh [RUNS_DIR]   (CPU: about an hour; the frozen BERT states of
 # each corpus are computed once and shared by all its runs through --cache-dir)
-# Select runs with ONLY="atis/BertBiLSTMAttnCRF conll/BertBiLSTMCRF" (corpus/model).
+# Select runs with ONLY="atis/BertBiLSTMAttnCRF conll/BertBiLSTMCRF" (corpus/model); the table
+# keeps the rows of bench/results/ner_results.json that were not re-run.
+# Threads: OMP_NUM_THREADS (default 1: the machine is shared); recorded in each command.txt.
+# Casing: CASING=chars (default: word shapes + character CNN of the original words), shape,
+# none or auto.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${NERTRON_DATA:-../shared/data}
 RUNS=${1:-runs/ner}
 CACHE=$RUNS/cache
 mkdir -p "$RUNS"
-COMMON="--cache-dir $CACHE --lr 1e-3 --enc-hidden-dim 128 --input-dropout 0.5 --batch-tokens 1024 --seed 0"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+COMMON="--cache-dir $CACHE --lr 1e-3 --enc-hidden-dim 128 --input-dropout 0.5 --batch-tokens 1024 --seed 0 --casing ${CASING:-chars}"
 
 run() {  # corpus model epochs args...
   local corpus=$1 model=$2 epochs=$3; shift 3
   if [[ -n "${ONLY:-}" && " $ONLY " != *" $corpus/$model "* ]]; then return; fi
   local out=$RUNS/$corpus/$model
   if [[ -f $out/results.json ]]; then echo "done already: $out"; return; fi
-  rm -rf "$out"; mkdir -p "$out"
+  rm -rf "$out" "$out.stdout.txt"; mkdir -p "$(dirname "$out")"
   echo "== $corpus $model ($epochs epochs) $(date -u +%T)"
   local cmd="nertron train --model $model --epochs $epochs --output $out $COMMON $*"
-  echo "$cmd" > "$out/command.txt"
-  /usr/bin/time -f "%e s wall, %M KB max RSS" $cmd 2>&1 | grep -v "^\s*$" | tail -n 40 > "$out/stdout.txt" || { cat "$out/stdout.txt"; exit 1; }
+  # the output directory must be empty when training starts: its log goes beside it until then
+  /usr/bin/time -f "%e s wall, %M KB max RSS" $cmd 2>&1 | grep -v "^\s*$" | tail -n 40 > "$out.stdout.txt" || { cat "$out.stdout.txt"; exit 1; }
+  mv "$out.stdout.txt" "$out/stdout.txt"
+  echo "OMP_NUM_THREADS=$OMP_NUM_THREADS $cmd" > "$out/command.txt"
   tail -n 3 "$out/stdout.txt"
 }
 
@@ -38,4 +45,6 @@ done
 for model in BertBiLSTMAttnCRF BertBiLSTMCRF BertAttnCRF BertBiLSTMAttnNMT; do
   run factrueval $model 20 $FRE
 done
-python bench/ner/results_table.py "$RUNS" bench/results/ner_results
+previous=()
+if [[ -f bench/results/ner_results.json ]]; then previous=(--previous bench/results/ner_results.json); fi
+python bench/ner/results_table.py "$RUNS" bench/results/ner_results "${previous[@]}"

@@ -1,5 +1,6 @@
 """Section ``crf``: linear-chain CRF Viterbi decode and NLL forward + backward, nertron's
-``CRF`` vs ``torchcrf.CRF`` (pytorch-crf), eager and under ``torch.compile``.
+``CRF`` vs ``torchcrf.CRF`` (pytorch-crf), eager and under ``torch.compile`` (both; nertron's
+with ``dynamic=True``, one graph for every shape, compile time in the JSON as ``compile_s``).
 
 The workload (``workload``) and the timed calls (``decoder``, ``nll``) are shared with the
 pytest-benchmark suite ``bench/bench_crf.py``.
@@ -75,9 +76,9 @@ def nll(bench: Bench, module: Any, w: Workload) -> Callable[[], Any]:
 class Compiled:
     """A module whose ``method`` runs through ``torch.compile``; other attributes pass through."""
 
-    def __init__(self, module: torch.nn.Module, method: str):
+    def __init__(self, module: torch.nn.Module, method: str, dynamic: bool = False):
         self._module = module
-        self._fn = torch.compile(getattr(module, method), dynamic=False)
+        self._fn = torch.compile(getattr(module, method), dynamic=dynamic)
 
     def __call__(self, *args, **kwargs):
         return self._fn(*args, **kwargs)
@@ -89,6 +90,14 @@ class Compiled:
         self._module.zero_grad(set_to_none=set_to_none)
 
 
+def cpu_path() -> str:
+    """What runs nertron's CRF on CPU: the C loops (``nertron.kernels.crf_cpu``) when a C
+    compiler built them, else the PyTorch reference."""
+    from nertron.kernels import crf_cpu
+
+    return "C loops (nertron.kernels.crf_cpu)" if crf_cpu.available() else "reference (torch)"
+
+
 def section(bench: Bench) -> list[dict]:
     rows = []
     for sweep, point, lengths in sweep_points(bench, "kernel"):
@@ -96,7 +105,7 @@ def section(bench: Bench) -> list[dict]:
         w = workload(bench, lengths)
         words = sum(lengths)
         config = make_config(sweep, point, lengths, K=CRF_TAGS, dtype=dtype_name(bench.dtype),
-                             path="triton" if bench.cuda else "reference (torch)")
+                             path="triton" if bench.cuda else cpu_path())
         label = f"crf B={B} T={T}"
         count = dict(tokens=words, sentences=B)
         # decode
@@ -110,6 +119,11 @@ def section(bench: Bench) -> list[dict]:
                 impls["torchcrf+compile"] = compiled_measure(
                     bench, lambda: decoder(bench, Compiled(w.ref, "decode"), w),
                     label=label + " decode torchcrf+compile", **count)
+        if bench.compile_here(sweep, point):
+            # nertron under torch.compile (dynamic shapes, no graph break: as_tensor output)
+            impls["nertron compiled (as_tensor)"] = compiled_measure(
+                bench, lambda: decoder(bench, Compiled(w.ours, "decode", dynamic=True), w, as_tensor=True),
+                label=label + " decode nertron compiled", **count)
         rows.append(make_row("crf", "decode", sweep, config, impls, "torchcrf", words, B))
         # NLL forward + backward
         impls = {"nertron": measure(bench, nll(bench, w.ours, w), label=label + " nll nertron", **count),
@@ -118,5 +132,8 @@ def section(bench: Bench) -> list[dict]:
             impls["torchcrf+compile"] = compiled_measure(
                 bench, lambda: nll(bench, Compiled(w.ref, "forward"), w),
                 label=label + " nll torchcrf+compile", **count)
+            impls["nertron compiled"] = compiled_measure(
+                bench, lambda: nll(bench, Compiled(w.ours, "forward", dynamic=True), w),
+                label=label + " nll nertron compiled", **count)
         rows.append(make_row("crf", "nll fwd+bwd", sweep, config, impls, "torchcrf", words, B))
     return rows

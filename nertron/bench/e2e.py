@@ -65,6 +65,7 @@ class BaselineTagger(torch.nn.Module):
         self.mode = pooling.mode
         self.weights = torch.nn.Parameter(pooling.weights.detach().clone())
         self.gamma = torch.nn.Parameter(pooling.gamma.detach().clone())
+        self.casing = copy.deepcopy(model.casing)  # the casing features of the original words (None: off)
         self.lstm = copy.deepcopy(model.lstm.lstm)
         self.attention = copy.deepcopy(model.attention)
         self.emissions = copy.deepcopy(model.emissions)
@@ -84,6 +85,8 @@ class BaselineTagger(torch.nn.Module):
         mixed = self.gamma * sum(w * h.float() for w, h in zip(s, layers))  # shape: (B, T, H)
         index = batch["word_index"].unsqueeze(-1).expand(-1, -1, mixed.shape[-1])
         x = mixed.gather(1, index)  # shape: (B, W, H)
+        if self.casing is not None:
+            x = torch.cat([x, self.casing(batch)], -1)
         mask = batch["word_mask"]
         lengths = mask.sum(1).clamp(min=1).cpu()
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -116,6 +119,7 @@ class Setup:
         self.data = NerData.from_sentences(sentences, None, tokenizer, vocab=self.vocab)
         torch.manual_seed(0)
         model = BertBiLSTMAttnCRF.create(self.vocab.num_labels, path, labels=self.vocab.labels).eval()
+        self.data.casing = model.config.casing  # batches carry the casing inputs the model reads
         self.hf = transformers.BertModel.from_pretrained(str(path), attn_implementation="sdpa").eval().requires_grad_(False)
         self.baseline = BaselineTagger(self.hf, model).eval()
         model.to(bench.device)
@@ -136,9 +140,9 @@ class Setup:
         """word lists -> window examples -> padded batch, as NerLearner.predict does."""
         return self.data.collate(self.data.encode(word_lists))
 
-    def run_ours(self, batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    def run_ours(self, batch: dict[str, torch.Tensor], model=None) -> list[list[int]]:
         with torch.no_grad(), torch.autocast(**self.autocast):
-            out = self.model({k: v.to(self.bench.device, non_blocking=True) for k, v in batch.items()})
+            out = (model if model is not None else self.model)({k: v.to(self.bench.device, non_blocking=True) for k, v in batch.items()})
         return out.tags.cpu().tolist()  # the learner's .cpu().tolist(): synchronises
 
     def run_base(self, batch: dict[str, torch.Tensor], encoder=None) -> list[list[int]]:
@@ -208,6 +212,12 @@ def section(bench: Bench) -> list[dict]:
                 return lambda: s.run_base(batch, compiled)
             impls["transformers(compiled)+torchcrf"] = compiled_measure(
                 bench, make_compiled, label=label + " transformers(compiled)+torchcrf", **count)
+
+            def make_ours_compiled():  # nertron's whole model compiled: no graph break, dynamic shapes
+                compiled = torch.compile(s.model, dynamic=True)
+                return lambda: s.run_ours(batch, compiled)
+            impls["nertron compiled"] = compiled_measure(bench, make_ours_compiled,
+                                                         label=label + " nertron compiled", **count)
         impls["nertron Tagger.tag_words"] = measure(
             bench, lambda: s.tagger.tag_words(word_lists), label=label + " Tagger.tag_words",
             note="words in: tokenization, batching, decode and entity spans with their CRF scores", **count)

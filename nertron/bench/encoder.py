@@ -120,6 +120,10 @@ def section(bench: Bench) -> list[dict]:
                 impls["transformers+compile"] = compiled_measure(
                     bench, lambda model=hf: forward(bench, torch.compile(model, dynamic=False), batch), tokens=tokens,
                     sentences=B, label=label + " transformers+compile")
+                # nertron's encoder under torch.compile: no graph break, one graph for every shape
+                impls["nertron compiled"] = compiled_measure(
+                    bench, lambda model=ours: forward(bench, torch.compile(model, dynamic=True), batch), tokens=tokens,
+                    sentences=B, label=label + " nertron compiled")
             rows.append(make_row("encoder", op, sweep, config, impls, "transformers", tokens, B))
         del ours, hf
         if bench.cuda:

@@ -10,7 +10,7 @@ and renders them; the timing lives in ``nertron.bench.harness``.
 
 Sections (rows: nertron, its baseline, the baseline under ``torch.compile``): ``crf``,
 ``pooling``, ``attention``, ``gemm`` (module ``nertron.bench.matmul``), ``layernorm``,
-``encoder``, ``e2e``; each module's docstring says what it compares.
+``encoder``, ``e2e``, ``pipeline``, ``host``; each module's docstring says what it compares.
 
 Ratio (``x``) = baseline median time / nertron median time: above 1, nertron is faster.
 Tokens/s count real (non-padding) positions: sub-tokens for the encoder, attention, GEMM,
@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
-from . import attention, crf, e2e, encoder, layernorm, matmul, pooling
+from . import attention, crf, e2e, encoder, host, layernorm, matmul, pipeline, pooling
 from .harness import Bench, dtype_name, error_text, status_row
 
 # section name (the --sections value and the rows' "section") -> its module
 SECTIONS = {"crf": crf, "pooling": pooling, "attention": attention, "gemm": matmul, "layernorm": layernorm,
-            "encoder": encoder, "e2e": e2e}
+            "encoder": encoder, "e2e": e2e, "pipeline": pipeline, "host": host}
 SECTION_TITLES = {name: module.TITLE for name, module in SECTIONS.items()}
 
 
@@ -150,7 +150,8 @@ def markdown(env: dict, rows: list[dict], sections: list[str], plots: dict[str, 
         "batch's lengths are drawn from the CoNLL-2003 train sub-token length distribution; a number: "
         "every sequence has that length.",
         "- `+compile`: the baseline under `torch.compile(dynamic=False)`, measured at one point per sweep "
-        "(compile time, the first call, in the JSON as `compile_s`).",
+        "(compile time, the first call, in the JSON as `compile_s`); `nertron compiled`: nertron under "
+        "`torch.compile(dynamic=True)` at the same points (compile times listed at the end).",
     ]
     if env["device"] == "cpu":
         lines.append("- CPU timings come from a shared machine; expect noise of tens of percent on single rows.")
@@ -175,6 +176,9 @@ def markdown(env: dict, rows: list[dict], sections: list[str], plots: dict[str, 
         srows = [r for r in srows if not r.get("status")]
         if not srows:
             continue
+        if section == "host":
+            lines += host_table(srows)
+            continue
         order = list(dict.fromkeys(r["op"] for r in srows))
         srows.sort(key=lambda r: order.index(r["op"]))  # stable: each op's batch sweep, then its length sweep
         impls = []
@@ -195,15 +199,21 @@ def markdown(env: dict, rows: list[dict], sections: list[str], plots: dict[str, 
             lines.append(f"Data: {first.get('data')}; word batches collated with `NerData.collate` (tokenization "
                          "outside the timing except in the Tagger row); `tags agree` = fraction of words where "
                          "nertron and the baseline decode the same tag (same weights).")
+        if section == "pipeline":
+            lines.append(f"Data: {first.get('data')}; {first.get('texts')} texts in, entity dicts out "
+                         f"(aggregation_strategy={first.get('strategy')!r}, batch_size B); `same output` = both "
+                         "returned the same entities (scores within 1e-4).")
         lines.append("")
         header = ["op", "B", "lengths", "T", "tokens", "nertron ms", "nertron tok/s"]
-        if section in ("encoder", "e2e"):
+        if section in ("encoder", "e2e", "pipeline"):
             header.append("nertron sent/s")
         for name in others:
             header += [f"{name} ms", f"x ({baseline} / {name})" if name.startswith("nertron ") else f"x {name}"]
         header.append(f"peak MB nertron / {baseline}")
         if section == "e2e":
             header.append("tags agree")
+        if section == "pipeline":
+            header.append("same output")
         if section in ("attention", "gemm", "layernorm"):
             header.append("max abs diff")
         lines.append("| " + " | ".join(header) + " |")
@@ -212,7 +222,7 @@ def markdown(env: dict, rows: list[dict], sections: list[str], plots: dict[str, 
             c, ours = row["config"], row["impls"].get("nertron", {})
             cells = [row["op"], str(c.get("B", "")), str(c.get("lengths", "")), str(c.get("T", "")),
                      str(row["tokens"]), _impl_cell(ours), _rate(ours.get("tokens_per_s"))]
-            if section in ("encoder", "e2e"):
+            if section in ("encoder", "e2e", "pipeline"):
                 cells.append(_rate(ours.get("sentences_per_s")))
             for name in others:
                 cells += [_impl_cell(row["impls"].get(name)), _fmt(row["ratios"].get(name), "{:.3g}")]
@@ -220,9 +230,17 @@ def markdown(env: dict, rows: list[dict], sections: list[str], plots: dict[str, 
             cells.append(f"{_fmt(ours.get('peak_mem_mb'), '{:.1f}')} / {_fmt(base.get('peak_mem_mb'), '{:.1f}')}")
             if section == "e2e":
                 cells.append(_fmt(row.get("tags_agree"), "{:.3f}"))
+            if section == "pipeline":
+                cells.append(str(row.get("same_output", "-")))
             if section in ("attention", "gemm", "layernorm"):
                 cells.append(_fmt(row.get("max_abs_diff"), "{:.2g}"))
             lines.append("| " + " | ".join(cells) + " |")
+    compiles = [(r, n, i["compile_s"]) for r in rows for n, i in r["impls"].items() if i.get("compile_s") is not None]
+    if compiles:
+        lines += ["", "## torch.compile times (the first call: tracing, compiling, running once)", ""]
+        for row, name, seconds in compiles:
+            c = row["config"]
+            lines.append(f"- {row['section']} / {row['op']} B={c.get('B')} T={c.get('T')} {name}: {seconds:.1f} s")
     errors = [(r, n, i["error"]) for r in rows for n, i in r["impls"].items() if "error" in i]
     if errors:
         lines += ["", "## Errors and skipped measurements", ""]
@@ -233,6 +251,28 @@ def markdown(env: dict, rows: list[dict], sections: list[str], plots: dict[str, 
     return "\n".join(lines) + "\n"
 
 
+def host_table(srows: list[dict]) -> list[str]:
+    """The ``host`` section: one line per thread count, then the model's share and output costs."""
+    first = srows[0]
+    lines = [f"Data: {first['config'].get('data')}; {first['config'].get('texts')} texts, {first['tokens']} sub-tokens. "
+             "Host work = `Tagger.tag` with the model's part replayed (see `nertron.bench.host`); best of the "
+             "interleaved repeats; each thread count in its own process pinned to that many CPUs.", "",
+             "| threads | host us/text | host tok/s | encode_batch us/text | host / encode_batch | "
+             "host speed-up vs 1 thread |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in srows:
+        ours, base = row["impls"]["nertron"], row["impls"][first["baseline"]]
+        lines.append(f"| {row['config']['threads']} | {ours['us_per_text']:.1f} | {_rate(ours['tokens_per_s'])} | "
+                     f"{base['us_per_text']:.1f} | {ours['us_per_text'] / base['us_per_text']:.2f} | "
+                     f"{_fmt(ours.get('speedup_vs_1_thread'), '{:.2f}')} |")
+    share, fmt = first.get("device_share", {}), first.get("format_us_per_text", {})
+    lines += ["", f"End to end with the model ({share.get('batches')} batches, {_fmt(share.get('rows_per_batch'), '{:.1f}')} "
+              f"rows each): {_rate(share.get('tokens_per_s'))} tok/s; the model's part (device-only, inputs "
+              f"prepared beforehand) is {_fmt(share.get('busy'), '{:.3f}')} of the wall time (on a GPU: the fraction "
+              f"of time the GPU is busy). Writing each result: JSON line {_fmt(fmt.get('jsonl'), '{:.1f}')} us/text, "
+              f"CoNLL block {_fmt(fmt.get('conll'), '{:.1f}')} us/text (`format_record`)."]
+    return lines
+
+
 def plot(rows: list[dict], section: str, path: Path, title: str) -> bool:
     """Tokens/s vs batch size and vs sequence length (log scales), one line per implementation."""
     import matplotlib
@@ -240,9 +280,9 @@ def plot(rows: list[dict], section: str, path: Path, title: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    srows = [r for r in rows if r["section"] == section and not r.get("status")]
+    srows = [r for r in rows if r["section"] == section and not r.get("status") and r["sweep"] in ("batch", "length")]
     ops = list(dict.fromkeys(r["op"] for r in srows))
-    if not ops:
+    if not ops:  # nothing swept over batch size or length (the host section: threads)
         return False
     fig, axes = plt.subplots(len(ops), 2, figsize=(10, 3.0 * len(ops)), squeeze=False)
     for i, op in enumerate(ops):

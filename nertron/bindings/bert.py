@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from nertron.bindings import ops as _ops  # noqa: F401  (registers torch.ops.nertron.*)
 from nertron.bindings.masks import is_prefix_mask
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -58,7 +59,9 @@ def fusable(module: nn.Module, input_ids: Tensor, attention_mask: Tensor | None)
     reason = _unfusable(module, module.embeddings.word_embeddings.weight.dtype)
     if reason is not None:
         return reason
-    if attention_mask is not None and not is_prefix_mask(attention_mask.bool()):
+    # a data-dependent check: under torch.compile the mask is taken as right-padded
+    if (attention_mask is not None and not torch.compiler.is_compiling()
+            and not is_prefix_mask(attention_mask.bool())):
         return "the attention mask is not right-padded (ones, then zeros, in every row)"
     return None
 
@@ -101,13 +104,6 @@ def encoder_key_mask(encoder: nn.Module, hidden_states: Tensor, attention_mask: 
     return keys, None
 
 
-def _kernels():
-    # imported lazily, as in bindings/crf.py and bindings/pooling.py: importing the kernels
-    # imports triton, and on CPU machines TRITON_INTERPRET must be set before they are decorated
-    from nertron.kernels import attention, layernorm, matmul
-    return attention, layernorm, matmul
-
-
 # The attribute under which _fused_qkv caches a self-attention module's concatenated weights.
 _QKV_CACHE = "_nertron_qkv"
 
@@ -124,9 +120,12 @@ def drop_cached_weights(module: nn.Module) -> int:
 
 
 def _fused_qkv(self_attention: nn.Module) -> tuple[Tensor, Tensor]:
-    """(3H, H) weight and (3H,) bias of Q, K, V concatenated, cached until a weight changes."""
+    """(3H, H) weight and (3H,) bias of Q, K, V concatenated, cached until a weight changes
+    (under torch.compile concatenated in the graph: the cache key reads storage pointers)."""
     params = [getattr(self_attention, n).weight for n in ("query", "key", "value")]
     params += [getattr(self_attention, n).bias for n in ("query", "key", "value")]
+    if torch.compiler.is_compiling():
+        return torch.cat(params[:3]), torch.cat(params[3:])
     # A weight changed if its storage moved, it was modified in place (the tensor's version
     # counter, ``_version``, which torch bumps on every in-place op), or its dtype changed.
     key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
@@ -159,11 +158,15 @@ def fused_encoder_forward(
             ``nertron.engine.bert.BertModel.forward``.
         layer_mix: optional (N + 1,) per-hidden-state coefficients (embeddings output first);
             returns ``sum_l layer_mix[l] * hidden_state_l`` accumulated in fp32.
-        packed: run on real tokens only (default) or on the padded layout.
+        packed: run on real tokens only (default) or on the padded layout. Under
+            torch.compile always the padded layout: packing sizes tensors by the data
+            (``nonzero``, the longest length), which would break the graph.
 
     Returns:
         ``EncoderResult``; padding positions hold zeros in packed mode.
     """
+    if torch.compiler.is_compiling():
+        packed = False
     batch, length = input_ids.shape
     device = input_ids.device
     emb = module.embeddings
@@ -203,8 +206,7 @@ def fused_encoder_forward(
         mix_coef = layer_mix.to(device=device, dtype=torch.float32).contiguous()
         mix = torch.empty(ids.shape[0], hidden, dtype=torch.float32, device=device)
 
-    _, layernorm, _ = _kernels()
-    x = layernorm.embeddings_layernorm(
+    x = torch.ops.nertron.embeddings_layernorm(
         ids,
         pos,
         types,
@@ -235,19 +237,18 @@ def _layers(config, encoder: nn.Module, x: Tensor, seq_start: Tensor, q_len: Ten
             mix: Tensor | None = None, mix_coef: Tensor | None = None, states: list | None = None) -> Tensor:
     """Every layer of ``encoder`` (``encoder.layer[i]``, Hugging Face names) over rows ``x`` (N, H)."""
     activation = _ACTIVATIONS[config.hidden_act]
-    attention, layernorm_kernels, matmul = _kernels()
-    linear, layernorm = matmul.linear, layernorm_kernels.layernorm
+    ops = torch.ops.nertron
     for index, layer in enumerate(encoder.layer, start=1):
         qkv_weight, qkv_bias = _fused_qkv(layer.attention.self)
-        qkv = linear(x, qkv_weight, qkv_bias)  # shape: (N, 3H)
-        context = attention.attention(qkv, config.num_attention_heads, seq_start, q_len, k_len, max_q_len)  # shape: (N, H)
+        qkv = ops.linear(x, qkv_weight, qkv_bias, None, None)  # shape: (N, 3H)
+        context = ops.attention(qkv, config.num_attention_heads, seq_start, q_len, k_len, max_q_len)  # shape: (N, H)
         out = layer.attention.output
-        h = linear(context, out.dense.weight, out.dense.bias, residual=x)
-        h = layernorm(h, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps)
-        inner = linear(h, layer.intermediate.dense.weight, layer.intermediate.dense.bias, activation=activation)
+        h = ops.linear(context, out.dense.weight, out.dense.bias, None, x)
+        h = ops.layernorm(h, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps, None, None, 0, False)
+        inner = ops.linear(h, layer.intermediate.dense.weight, layer.intermediate.dense.bias, activation, None)
         out = layer.output
-        y = linear(inner, out.dense.weight, out.dense.bias, residual=h)
-        x = layernorm(y, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps, mix, mix_coef, index)
+        y = ops.linear(inner, out.dense.weight, out.dense.bias, None, h)
+        x = ops.layernorm(y, out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps, mix, mix_coef, index, False)
         if states is not None:
             states.append(x)
     return x

@@ -2,8 +2,8 @@
 
 Contents:
 
-* ``CRFLogPartition``: the autograd Function over the Triton forward / forward-backward
-  kernels of :mod:`nertron.kernels.crf`;
+* ``CRFLogPartition``: log Z by the Triton forward kernel, differentiable through the
+  forward-backward kernel (the custom op ``nertron::crf_forward`` and its autograd formula);
 * ``crf_span_log_probs``: log-probabilities of tagged spans (entity confidences), from
   alpha, beta and log Z of the Triton kernels (``crf_alpha_beta``, on CUDA by default) or
   of the PyTorch reference, then one shared gather of the inner path scores;
@@ -16,6 +16,12 @@ Contents:
 The PyTorch reference implementations (``crf_score_torch``, ``crf_log_partition_torch``,
 ``crf_viterbi_torch``, ``crf_viterbi_nbest_torch``, ``crf_marginals_torch``) live in
 :mod:`nertron.bindings.crf_reference` and are re-exported here.
+
+Every recursion over time runs as one custom op (:mod:`nertron.bindings.ops`): the Triton
+kernels (``nertron::crf_*``) or, on the CPU path, ``nertron::crf_*_ref``, which runs the C
+loops of :mod:`nertron.kernels.crf_cpu` (built once with the system C compiler, cached on
+disk) or, without a compiler or off CPU, the PyTorch reference. So ``torch.compile`` sees
+one node per recursion, whatever the length.
 
 Masks follow pytorch-crf: ``(T, B)`` (or ``(B, T)`` with ``batch_first``) bool/uint8, the
 first step all on. The fast paths (the Triton kernels and the vectorised reference) work on
@@ -40,9 +46,9 @@ import torch
 import torch.nn as nn
 
 from nertron.bindings import BACKENDS as _BACKENDS
+from nertron.bindings import ops as _ops  # noqa: F401  (registers torch.ops.nertron.*)
 from nertron.bindings.crf_reference import (
     compute_dtype,
-    crf_alpha_beta_torch,
     crf_log_partition_torch,
     crf_marginals_torch,
     crf_score_torch,
@@ -51,7 +57,6 @@ from nertron.bindings.crf_reference import (
     crf_viterbi_torch,
     crf_viterbi_torchcrf,
     needs_torchcrf_compat,
-    trim_to_longest,
 )
 from nertron.bindings.masks import is_prefix_mask
 from nertron.tags import allowed, constraint_scheme, parse_label
@@ -69,11 +74,9 @@ __all__ = [
     "CRFLogPartition",
 ]
 
-def _kernels():
-    # imported lazily: importing the kernels needs triton, and TRITON_INTERPRET must be
-    # set (on machines without a GPU) before they are decorated
-    from nertron.kernels import crf as kernels
-    return kernels
+def _compiling() -> bool:
+    """Inside ``torch.compile``'s tracing: the host-side checks are skipped (see ``CRF``)."""
+    return torch.compiler.is_compiling()
 
 
 # --------------------------------------------------------------------------------------
@@ -125,26 +128,27 @@ def crf_span_log_probs(emissions: torch.Tensor, mask: torch.Tensor, tags: torch.
         dt = torch.float32
     if n_spans == 0:
         return emissions.new_zeros((0,), dtype=dt)
-    emissions, mask, tags = trim_to_longest(emissions, mask, tags)
     em = emissions.to(dt)
     tr = transitions.to(dt)
+    lengths = mask.sum(1)
     if use_kernels:
         # the kernels read the emissions in their own dtype and compute in fp32
-        # shape: (B,), (B, T', K), (B, T', K)
-        log_z, alpha, beta = _kernels().crf_alpha_beta(emissions, mask.sum(1), start, end, transitions)
+        # shape: (B,), (B, T, K), (B, T, K)
+        log_z, alpha, beta = torch.ops.nertron.crf_alpha_beta(emissions, lengths, start, end, transitions)
     else:
-        # shape: (B,), (B, T', K), (B, T', K)
-        log_z, alpha, beta = crf_alpha_beta_torch(em, mask, start, end, tr)
-    # shape: (B, T')
+        # shape: (B,), (B, T, K), (B, T, K)
+        log_z, alpha, beta = torch.ops.nertron.crf_alpha_beta_ref(em, lengths, start.to(dt), end.to(dt), tr)
+    # shape: (B, T)
     y = tags.clamp(min=0)
     # score of entering y_t from y_{t-1} at step t (0 at t = 0, never read there)
-    # shape: (B, T')
+    # shape: (B, T)
     step = em.gather(2, y.unsqueeze(2)).squeeze(2)
     step = torch.cat([step[:, :1].new_zeros(()).expand(step.shape[0], 1),
                       step[:, 1:] + tr[y[:, :-1], y[:, 1:]]], 1)
     b, i, j = spans.to(em.device).unbind(1)
-    # inner sum over t in (i, j], gathered (not a cumsum difference: no cancellation, -inf stays -inf)
-    width = int((j - i).max())
+    # inner sum over t in (i, j], gathered (not a cumsum difference: no cancellation, -inf stays -inf);
+    # as wide as the longest possible span (a shape, not the spans' values: no host sync)
+    width = step.shape[1] - 1
     # shape: (N, width)
     offsets = torch.arange(1, width + 1, device=em.device)
     positions = i.unsqueeze(1) + offsets
@@ -158,30 +162,23 @@ def crf_span_log_probs(emissions: torch.Tensor, mask: torch.Tensor, tags: torch.
 
 
 # --------------------------------------------------------------------------------------
-# autograd Function over the Triton kernels
+# log Z over the Triton kernels, differentiable
 # --------------------------------------------------------------------------------------
-class CRFLogPartition(torch.autograd.Function):
+class CRFLogPartition:
     """log Z per sequence by the Triton forward kernel; gradients by the fused
-    forward-backward kernel (unary and pairwise marginals), not by autograd over time."""
+    forward-backward kernel (unary and pairwise marginals), not by autograd over time.
+
+    ``CRFLogPartition.apply(emissions, lengths, start, end, transitions)`` -> ``(B,)`` fp32:
+    the custom op ``nertron::crf_forward`` (alpha kept only when a gradient is needed) and
+    its registered autograd formula ``nertron::crf_backward`` (see :mod:`nertron.bindings.ops`).
+    """
 
     @staticmethod
-    def forward(ctx, emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
-                end: torch.Tensor, transitions: torch.Tensor) -> torch.Tensor:
-        k = _kernels()
-        need = any(ctx.needs_input_grad)
-        log_z, alpha = k.crf_forward(emissions, lengths, start, end, transitions, store_alpha=need)
-        if need:
-            ctx.save_for_backward(emissions, lengths, end, transitions, alpha, log_z)
-            ctx.dtypes = (start.dtype, end.dtype, transitions.dtype)
-        return log_z
-
-    @staticmethod
-    def backward(ctx, grad_log_z: torch.Tensor):
-        emissions, lengths, end, transitions, alpha, log_z = ctx.saved_tensors
-        g_em, g_start, g_end, g_tr = _kernels().crf_backward(
-            emissions, lengths, end, transitions, alpha, log_z, grad_log_z)
-        ds, de, dtr = ctx.dtypes
-        return g_em, None, g_start.to(ds), g_end.to(de), g_tr.to(dtr)
+    def apply(emissions: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor,
+              end: torch.Tensor, transitions: torch.Tensor) -> torch.Tensor:
+        need = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (emissions, start, end, transitions))
+        return torch.ops.nertron.crf_forward(emissions, lengths, start, end, transitions, need)[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -244,6 +241,18 @@ class CRF(nn.Module):
         constraints: optional :class:`Constraints` (or a ``(K, K)`` bool allowed-transition
             matrix) applied by ``decode`` and ``marginals``; ``forward`` (the training
             loss) stays unconstrained, as in AllenNLP. Not part of the ``state_dict``.
+
+    On CPU (``backend='torch'``/``'auto'``) the recursions run as the custom ops
+    ``nertron::crf_*_ref`` (C loops, see :mod:`nertron.kernels.crf_cpu`, or the PyTorch
+    reference without a C compiler); on the Triton path as ``nertron::crf_*``
+    (:mod:`nertron.bindings.ops`). ``forward``, ``decode(..., as_tensor=True)``, ``marginals``
+    and ``span_log_probs`` compile under ``torch.compile`` without a graph break, one graph
+    for any batch size, length and lengths pattern (``dynamic=True``). Inside a compiled
+    region the data-dependent host checks are skipped: the first step of the mask is not
+    checked, masks are taken as prefix masks (lengths ``mask.sum``; no pytorch-crf fallback
+    for gapped masks or ``inf``/``nan`` scores), and ``decode(nbest=...)``/list outputs break
+    the graph (they build Python lists). The op itself still checks each length is in
+    ``[1, T]`` when it runs. Eager calls keep every check and pytorch-crf's results.
     """
 
     def __init__(self, num_tags: int, batch_first: bool = False, *, backend: str = "auto",
@@ -361,6 +370,8 @@ class CRF(nn.Module):
                 raise ValueError(
                     'the first two dimensions of emissions and mask must match, '
                     f'got {tuple(emissions.shape[:2])} and {tuple(mask.shape)}')
+            if _compiling():
+                return  # a data-dependent check: skipped under torch.compile (see the class docstring)
             no_empty_seq = not self.batch_first and mask[0].all()
             no_empty_seq_bf = self.batch_first and mask[:, 0].all()
             if not no_empty_seq and not no_empty_seq_bf:
@@ -368,18 +379,24 @@ class CRF(nn.Module):
 
     def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         start, end, trans = self.transition_scores(constrained=False)
+        # shape: (B,); one op per call whatever T (no recursion unrolled under torch.compile)
+        lengths = mask.sum(1)
         if self._use_triton(emissions):
-            lengths = mask.sum(1).to(torch.int32)
             return CRFLogPartition.apply(emissions, lengths, start, end, trans)
-        return crf_log_partition_torch(emissions, mask, start, end, trans)
+        return torch.ops.nertron.crf_forward_ref(emissions, lengths, start, end, trans)[0]
 
     def _compat(self, emissions: torch.Tensor, mask: torch.Tensor) -> bool:
-        """Whether pytorch-crf's own algorithms must run (see ``needs_torchcrf_compat``)."""
+        """Whether pytorch-crf's own algorithms must run (see ``needs_torchcrf_compat``);
+        never under torch.compile (a data-dependent branch)."""
+        if _compiling():
+            return False
         return needs_torchcrf_compat(emissions, mask, self.start_transitions,
                                      self.end_transitions, self.transitions)
 
     @staticmethod
     def _require_prefix(mask: torch.Tensor, what: str) -> None:
+        if _compiling():
+            return
         if mask.numel() and not is_prefix_mask(mask):
             raise ValueError(f'{what} needs prefix masks (ones, then zeros), got a mask with a '
                              'gap; forward and decode (list output) accept such masks as '
@@ -413,6 +430,11 @@ class CRF(nn.Module):
             # gapped masks, empty batches, inf/nan: pytorch-crf's own algorithm
             llh = crf_llh_torchcrf(emissions, tags, mask, self.start_transitions,
                                    self.end_transitions, self.transitions)
+            return self._reduce(llh, mask, reduction)
+        if not self._use_triton(emissions):
+            # path score and log Z in one op (one pass on CPU); shape: (B,)
+            llh = torch.ops.nertron.crf_nll_ref(emissions, tags, mask.sum(1), self.start_transitions,
+                                                self.end_transitions, self.transitions)[0]
             return self._reduce(llh, mask, reduction)
         # shape: (B,)
         numerator = crf_score_torch(emissions, tags, mask, self.start_transitions,
@@ -489,13 +511,11 @@ class CRF(nn.Module):
                 tags[b, :len(path)] = torch.tensor(path, dtype=torch.int64)
             return (tags if self.batch_first else tags.t()), scores
         with torch.no_grad():
+            lengths = mask.sum(1)
             if self._use_triton(emissions):
-                lengths = mask.sum(1).to(torch.int32)
-                tags, scores = _kernels().crf_viterbi(emissions, lengths, start, end, trans,
-                                                      pad_tag=pad_tag)
+                tags, scores = torch.ops.nertron.crf_viterbi(emissions, lengths, start, end, trans, pad_tag)
             else:
-                tags, scores = crf_viterbi_torch(emissions, mask, start, end, trans,
-                                                 pad_tag=pad_tag)
+                tags, scores = torch.ops.nertron.crf_viterbi_ref(emissions, lengths, start, end, trans, pad_tag)
         if as_tensor:
             return (tags if self.batch_first else tags.t()), scores
         lengths = mask.sum(1).tolist()
@@ -520,11 +540,14 @@ class CRF(nn.Module):
             probs = emissions.new_zeros(emissions.shape, dtype=torch.float32)
             return probs if self.batch_first else probs.transpose(0, 1)
         with torch.no_grad():
+            lengths = mask.sum(1)
             if self._use_triton(emissions):
-                lengths = mask.sum(1).to(torch.int32)
-                probs = _kernels().crf_marginals(emissions, lengths, start, end, trans)
+                probs = torch.ops.nertron.crf_marginals(emissions, lengths, start, end, trans)
             else:
-                probs = crf_marginals_torch(emissions, mask, start, end, trans)
+                # shape: (B,), (B, T, K), (B, T, K)
+                log_z, alpha, beta = torch.ops.nertron.crf_alpha_beta_ref(emissions, lengths, start, end, trans)
+                probs = torch.exp(alpha + beta - log_z[:, None, None])
+                probs = torch.where(mask.unsqueeze(2), probs, probs.new_zeros(()))
         return probs if self.batch_first else probs.transpose(0, 1)
 
     def span_log_probs(self, emissions: torch.Tensor, tags: torch.Tensor, spans: torch.Tensor,

@@ -403,13 +403,21 @@ def needs_torchcrf_compat(emissions: torch.Tensor, mask: torch.Tensor, *params: 
     True for an empty batch or sequence, a mask that is not a prefix mask (a step on after
     a step off, e.g. ``[1, 0, 1]``: the fast paths work on lengths ``mask.sum``), or
     non-finite emissions or parameters (``inf``/``nan``, whose propagation depends on the
-    exact order of pytorch-crf's operations). One host synchronisation.
+    exact order of pytorch-crf's operations). One host synchronisation; on CPU with fp32/fp64
+    scores and (start, end, transitions) as ``params``, one pass of
+    :func:`nertron.kernels.crf_cpu.needs_fallback` instead.
 
     Args:
         emissions: ``(B, T, K)``; mask: ``(B, T)`` bool; params: tensors checked for finiteness.
     """
     if emissions.numel() == 0:
         return True
+    if len(params) == 3:
+        from nertron.kernels import crf_cpu  # one pass in C on CPU (None: not applicable)
+
+        fast = crf_cpu.needs_fallback(emissions, mask, *(p.detach() for p in params))
+        if fast is not None:
+            return fast
     # shape: ()
     flag = mask_gaps(mask) | ~torch.isfinite(emissions).all()
     for p in params:

@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.nn import Parameter, ParameterList
 
 from nertron.bindings import BACKENDS as _BACKENDS
+from nertron.bindings import ops as _ops  # noqa: F401  (registers torch.ops.nertron.*)
 
 __all__ = [
     "ConfigurationError",
@@ -40,13 +41,6 @@ __all__ = [
 
 _MODES = ("softmax", "weighted")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _kernels():
-    # imported lazily: importing the kernels needs triton, and TRITON_INTERPRET must be
-    # set (on machines without a GPU) before they are decorated
-    from nertron.kernels import pooling as kernels
-    return kernels
 
 
 class ConfigurationError(Exception):
@@ -149,7 +143,7 @@ def pooling_torch(
 # --------------------------------------------------------------------------------------
 # autograd Function over the kernels
 # --------------------------------------------------------------------------------------
-class PoolingFunction(torch.autograd.Function):
+class PoolingFunction:
     """``gamma * sum_l s_l * y_l`` on the Triton kernels, differentiable in s, gamma and the layers.
 
     ``PoolingFunction.apply(s, gamma, mask, do_layer_norm, eps, out_dtype, *layers)``:
@@ -159,55 +153,22 @@ class PoolingFunction(torch.autograd.Function):
     * ``eps``: the variance epsilon of ``do_layer_norm``; ``out_dtype``: the output dtype;
     * ``layers``: L tensors of one shape ``(..., H)``, dtype fp32/fp16/bf16. They are used
       in place when they are equally spaced views of one buffer (e.g. ``stack.unbind(0)``),
-      stacked (one copy, kept for backward) otherwise.
+      stacked (one copy) otherwise.
 
-    Returns the ``(..., H)`` mix. Gradients: ``grad_s`` and ``grad_gamma`` in fp32, each layer's
-    gradient in its dtype (views of one (L, N, H) buffer); reductions that no input needs
-    (e.g. layer gradients of a frozen encoder) are skipped.
+    Returns the ``(..., H)`` mix. The custom op ``nertron::pooling`` and its autograd formula
+    ``nertron::pooling_backward`` (:mod:`nertron.bindings.ops`): ``grad_s`` and ``grad_gamma``
+    in fp32, each layer's gradient in its dtype (views of one (L, N, H) buffer); reductions
+    that no input needs (e.g. layer gradients of a frozen encoder) are skipped.
     """
 
     @staticmethod
-    def forward(ctx, s, gamma, mask, do_layer_norm, eps, out_dtype, *layers):
-        k = _kernels()
-        # shape: (L, N, H)
-        h = k.stack_layers(layers)
+    def apply(s: torch.Tensor, gamma: torch.Tensor, mask: Optional[torch.Tensor], do_layer_norm: bool,
+              eps: float, out_dtype: torch.dtype, *layers: torch.Tensor) -> torch.Tensor:
         shape = layers[0].shape
         flat_mask = mask.reshape(-1) if mask is not None else None
-        stats = k.pooling_stats(h, flat_mask, eps) if do_layer_norm else None
         # shape: (N, H)
-        out = k.pooling_forward(h, s, gamma, stats, out_dtype)
-        if stats is None:
-            ctx.save_for_backward(h, s, gamma)
-        else:
-            ctx.save_for_backward(h, s, gamma, stats.mean, stats.rstd, stats.count,
-                                  flat_mask if flat_mask is not None else torch.empty(0))
-        ctx.do_layer_norm = do_layer_norm
-        ctx.has_mask = flat_mask is not None
-        ctx.shape = shape
-        ctx.gamma_shape = gamma.shape
-        return out.reshape(*shape[:-1], shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        k = _kernels()
-        saved = ctx.saved_tensors
-        h, s, gamma = saved[:3]
-        stats = mask = None
-        if ctx.do_layer_norm:
-            stats = k.PoolingStats(mean=saved[3], rstd=saved[4], count=saved[5])
-            mask = saved[6] if ctx.has_mask else None
-        need_input = any(ctx.needs_input_grad[6:])
-        need_scalar = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_h, grad_s, grad_gamma = k.pooling_backward(
-            grad_out.reshape(-1, ctx.shape[-1]), h, s, gamma, stats, mask,
-            need_input_grad=need_input, need_scalar_grad=need_scalar)
-        if grad_gamma is not None:
-            grad_gamma = grad_gamma.reshape(ctx.gamma_shape)
-        if grad_h is None:
-            grad_layers = [None] * h.shape[0]
-        else:
-            grad_layers = [g.reshape(ctx.shape) for g in grad_h.unbind(0)]
-        return (grad_s, grad_gamma, None, None, None, None, *grad_layers)
+        out = torch.ops.nertron.pooling(list(layers), s, gamma, flat_mask, do_layer_norm, eps, out_dtype)[0]
+        return out.reshape(shape)
 
 
 def _check_same_shape(tensors: Sequence[torch.Tensor]) -> None:

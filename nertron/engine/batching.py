@@ -14,18 +14,28 @@ inputs into model batches the same way:
 5. ``merge``: the word predictions of an input's windows -> one prediction per word
    (``merge_windows``: each word takes the window where it has most context).
 
+The tagger runs the same steps on flat arrays (``Encoded``: one chunk of inputs, from
+``WordPieceTokenizer.encode_texts`` / ``encode_word_lists``), without a Python object per
+input, word or row: ``units`` (the windows, by ``window_bounds``) and ``collate_units`` (the
+same padding as ``collate``, ``_pad``). Tests check that both give the same batches.
+
 ``check_text`` / ``check_words`` validate one input, naming its index.
 """
 from __future__ import annotations
 
 import random
+from itertools import chain
 from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
-from nertron.engine.tokenizer import IGNORE_INDEX, WordPieces, WordPieceTokenizer, check_words, merge_windows
+from nertron.engine.casing import casing_tensors, flat_casing_tensors, word_casing
+from nertron.engine.tokenizer import (IGNORE_INDEX, Encoded, WordPieces, WordPieceTokenizer, check_words,
+                                      merge_windows, window_bounds)
 
-__all__ = ["Window", "check_text", "check_words_item", "encode", "split_windows", "bucket", "collate", "merge"]
+__all__ = ["Window", "Units", "check_text", "check_words_item", "encode", "split_windows", "units", "bucket",
+           "collate", "collate_units", "merge"]
 
 SPECIAL_TOKENS_PER_ROW = 2  # [CLS] and [SEP]
 
@@ -148,9 +158,113 @@ def bucket(lengths: Sequence[int], budget: int, max_batch_size: int | None = Non
     return groups
 
 
+class Units(NamedTuple):
+    """Every window of every input of an ``Encoded``, as ranges of its flat arrays (U windows).
+
+    An input that fits the model is one window holding all of it; a longer one has the windows
+    of ``WordPieceTokenizer.windows``; an input without words has none.
+    """
+
+    item: np.ndarray  # (U,) int64: the input of each window
+    number: np.ndarray  # (U,) int64: the window's number within its input
+    tokens: np.ndarray  # (U, 2) int64: its [start, end) global sub-token range
+    words: np.ndarray  # (U, 2) int64: its [start, end) global word range
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """``(U,)`` sub-tokens per window (without [CLS]/[SEP])."""
+        return self.tokens[:, 1] - self.tokens[:, 0]
+
+
+def units(tokenizer: WordPieceTokenizer, encoded: Encoded) -> Units:
+    """The windows of all inputs (inputs in order, windows in order), vectorised over the
+    inputs that fit; the few longer ones are cut by ``window_bounds`` like
+    ``WordPieceTokenizer.windows`` (a quarter-window overlap)."""
+    size = tokenizer.max_length - 2
+    lengths, counts = encoded.lengths, encoded.word_counts
+    item = np.flatnonzero(counts > 0)
+    long = item[lengths[item] > size]
+    if not len(long):
+        return Units(item, np.zeros(len(item), np.int64),
+                     np.stack([encoded.token_ptr[item], encoded.token_ptr[item + 1]], 1),
+                     np.stack([encoded.word_ptr[item], encoded.word_ptr[item + 1]], 1))
+    rows: list[tuple[int, int, int, int, int, int]] = []
+    for n in item.tolist():
+        t0, t1, w0, w1 = (int(v) for v in (encoded.token_ptr[n], encoded.token_ptr[n + 1],
+                                           encoded.word_ptr[n], encoded.word_ptr[n + 1]))
+        if t1 - t0 <= size:
+            rows.append((n, 0, t0, t1, w0, w1))
+            continue
+        first = encoded.word_first[w0:w1]
+        for k, (start, end) in enumerate(window_bounds((first - t0).tolist(), t1 - t0, size, size // 4)):
+            # the words the window touches: from the word of its first sub-token to that of its last
+            a = int(np.searchsorted(first, t0 + start, "right")) - 1
+            b = int(np.searchsorted(first, t0 + end - 1, "right"))
+            rows.append((n, k, t0 + start, t0 + end, w0 + a, w0 + b))
+    table = np.array(rows, np.int64).reshape(-1, 6)
+    return Units(table[:, 0], table[:, 1], table[:, 2:4], table[:, 4:6])
+
+
+def collate_units(tokenizer: WordPieceTokenizer, encoded: Encoded, windows: Units,
+                  rows: Sequence[int] | np.ndarray, casing: str = "none") -> dict[str, torch.Tensor]:
+    """Pad the windows ``rows`` of ``windows`` into model input, with no Python loop over rows.
+
+    Returns:
+        As ``collate``: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``(B, T)``,
+        ``word_index`` ``(B, W)``, ``word_mask`` ``(B, W)``; the casing inputs of ``casing``.
+    """
+    rows = np.asarray(rows, np.int64)
+    batch = _pad(tokenizer, encoded.ids, windows.tokens[rows], encoded.word_first, windows.words[rows])
+    if casing != "none":
+        first = windows.words[rows, 0]
+        starts = first == encoded.word_ptr[windows.item[rows]]  # the window starts its input
+        if "casing" not in encoded.cache:  # once per chunk, for all its batches
+            encoded.cache["casing"] = word_casing(encoded.texts, encoded.word_chars, encoded.word_item)
+        batch.update(flat_casing_tensors(encoded.cache["casing"], np.stack([first, windows.words[rows, 1], starts], 1),
+                                         casing))
+    return batch
+
+
+def _pad(tokenizer: WordPieceTokenizer, ids: np.ndarray, tokens: np.ndarray, word_first: np.ndarray,
+         words: np.ndarray) -> dict[str, torch.Tensor]:
+    """Rows ``[CLS] ids[a:b] [SEP] [PAD]...`` for each sub-token range ``tokens[r] = (a, b)``,
+    and the model-input position of the first sub-token of each word ``words[r]`` inside it (a
+    window's first word may start before the window: then at the window's first sub-token)."""
+    B = len(tokens)
+    length = tokens[:, 1] - tokens[:, 0]  # shape: (B,)
+    T = int(length.max()) + SPECIAL_TOKENS_PER_ROW
+    if T > tokenizer.max_length:
+        raise ValueError(f"a window has {T - 2} sub-tokens, more than max_length - 2 = {tokenizer.max_length - 2}; "
+                         "split it with windows() first")
+    column = np.arange(T)
+    inside = (column >= 1) & (column <= length[:, None])  # shape: (B, T)
+    input_ids = np.full((B, T), tokenizer.pad_token_id, np.int64)
+    input_ids[inside] = ids[(tokens[:, :1] + column - 1)[inside]]
+    input_ids[:, 0] = tokenizer.cls_token_id
+    input_ids[np.arange(B), length + 1] = tokenizer.sep_token_id
+    attention_mask = (column <= length[:, None] + 1).astype(np.int64)
+    count = words[:, 1] - words[:, 0]  # shape: (B,)
+    W = max(int(count.max()), 1)
+    word_column = np.arange(W)
+    word_mask = word_column < count[:, None]  # shape: (B, W)
+    first = word_first[np.where(word_mask, words[:, :1] + word_column, words[:, :1])]
+    word_index = np.where(word_mask, np.maximum(first, tokens[:, :1]) - tokens[:, :1] + 1, 0)
+    input_ids = torch.from_numpy(input_ids)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.from_numpy(attention_mask),
+        "token_type_ids": torch.zeros_like(input_ids),
+        "word_index": torch.from_numpy(word_index),
+        "word_mask": torch.from_numpy(word_mask),
+    }
+
+
 def collate(tokenizer: WordPieceTokenizer, windows: Sequence[WordPieces],
             labels: Sequence[Sequence[int] | None] | None = None,
-            intents: Sequence[int | None] | None = None) -> dict[str, torch.Tensor]:
+            intents: Sequence[int | None] | None = None, casing: str = "none") -> dict[str, torch.Tensor]:
     """Pad a batch of windows into model input.
 
     Args:
@@ -158,29 +272,39 @@ def collate(tokenizer: WordPieceTokenizer, windows: Sequence[WordPieces],
         labels: per window, one label id per word (or None); added as ``labels`` when every
             window has them.
         intents: per window, an intent id (or None); added as ``intents`` when every window has one.
+        casing: the casing inputs to add (``nertron.engine.casing``): ``'none'``, ``'shape'``, ``'chars'``.
 
     Returns:
         ``input_ids``, ``attention_mask``, ``token_type_ids``: ``(B, T)`` int64;
         ``word_index``: ``(B, W)`` int64, the model-input position of each word's first
         sub-token (0 at padding); ``word_mask``: ``(B, W)`` bool; optional ``labels``:
-        ``(B, W)`` int64 (``IGNORE_INDEX`` at padding); optional ``intents``: ``(B,)`` int64.
+        ``(B, W)`` int64 (``IGNORE_INDEX`` at padding); optional ``intents``: ``(B,)`` int64;
+        the casing inputs (``casing_tensors``), from the windows' original words.
     """
-    batch = tokenizer.batch(list(windows))
-    width = max(len(window.word_spans) for window in windows)
-    word_index = torch.zeros(len(windows), width, dtype=torch.long)
-    word_mask = torch.zeros(len(windows), width, dtype=torch.bool)
-    for row, window in enumerate(windows):
-        starts = window.word_starts
-        word_index[row, :len(starts)] = torch.tensor(starts) + 1  # +1: [CLS] comes first
-        word_mask[row, :len(starts)] = True
-    batch.update(word_index=word_index, word_mask=word_mask)
+    if not windows:
+        raise ValueError("empty batch: no WordPieces given")
+    for n, window in enumerate(windows):
+        if not isinstance(window, WordPieces):
+            raise TypeError(f"batch item {n} is {type(window).__name__}, not WordPieces")
+    # the windows as flat arrays, padded like any batch of the tagger
+    token_counts = np.fromiter((len(window.input_ids) for window in windows), np.int64, len(windows))
+    word_counts = np.fromiter((len(window.word_spans) for window in windows), np.int64, len(windows))
+    token_ptr = np.concatenate([[0], np.cumsum(token_counts)])
+    word_ptr = np.concatenate([[0], np.cumsum(word_counts)])
+    ids = np.fromiter(chain.from_iterable(window.input_ids for window in windows), np.int64, int(token_ptr[-1]))
+    word_first = np.fromiter(chain.from_iterable(window.word_starts for window in windows), np.int64,
+                             int(word_ptr[-1])) + np.repeat(token_ptr[:-1], word_counts)
+    batch = _pad(tokenizer, ids, np.stack([token_ptr[:-1], token_ptr[1:]], 1), word_first,
+                 np.stack([word_ptr[:-1], word_ptr[1:]], 1))
     if labels is not None and len(labels) and all(row is not None for row in labels):
-        label_tensor = torch.full((len(windows), width), IGNORE_INDEX, dtype=torch.long)
+        label_tensor = torch.full(batch["word_mask"].shape, IGNORE_INDEX, dtype=torch.long)
         for row, values in enumerate(labels):
             label_tensor[row, :len(values)] = torch.tensor(values, dtype=torch.long)
         batch["labels"] = label_tensor
     if intents is not None and len(intents) and all(intent is not None for intent in intents):
         batch["intents"] = torch.tensor(list(intents))
+    if casing != "none":
+        batch.update(casing_tensors(windows, casing))
     return batch
 
 

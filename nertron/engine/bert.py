@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nertron.bindings import BACKENDS  # re-exported: the backend names, defined once
+from nertron.bindings.masks import is_prefix_mask
 from nertron.engine.config import BertConfig
 
 
@@ -275,6 +276,10 @@ class BertModel(nn.Module):
         for name, other in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if other is not None and tuple(other.shape) != (batch, length):
                 raise ValueError(f"{name} has shape {tuple(other.shape)}, expected {(batch, length)} like input_ids")
+        if torch.compiler.is_compiling():
+            # the id range checks read tensor values (a host sync, a graph break): skipped
+            # under torch.compile, where an id outside the tables fails inside the embedding
+            return
         if input_ids.numel():
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
@@ -304,11 +309,19 @@ class BertModel(nn.Module):
             layer_mix: optional (N + 1,) coefficients, one per hidden state (embeddings output
                 first): also return their weighted sum, fused into the encoder on the Triton
                 path (``LayerPooling.mix_coefficients()`` gives them).
-            packed: fused path only: run on real tokens only (default) or on every position.
+            packed: run the GEMMs and norms on real tokens only (default), padding positions
+                of the outputs holding zeros: always on the fused path; on the reference path
+                when ``layer_mix`` is given (the inference mix nertron's models read, which
+                skips the padding's share of the work) and the batch has padding. ``False``:
+                every position computed, as Hugging Face does.
 
         Returns:
             ``BertOutput`` with ``last_hidden_state`` (B, T, H), ``pooler_output`` (B, H), on
             request ``hidden_states`` (N + 1 tensors of (B, T, H)) and ``layer_mix`` (B, T, H).
+
+        Under ``torch.compile`` the forward has no graph break; the checks that read tensor
+        values (the ids' and token types' ranges; on the fused path, that the mask is
+        right-padded) are skipped there, and the fused path runs unpacked.
         """
         self._check_inputs(input_ids, attention_mask, token_type_ids)
         if layer_mix is not None and tuple(layer_mix.shape) != (self.config.num_hidden_layers + 1,):
@@ -323,6 +336,12 @@ class BertModel(nn.Module):
                 self, input_ids, attention_mask, token_type_ids, output_hidden_states, layer_mix, packed
             )
             return BertOutput(result.last_hidden_state, result.pooler_output, result.hidden_states, result.layer_mix)
+        if (packed and layer_mix is not None and attention_mask is not None and not torch.compiler.is_compiling()
+                and not torch.is_grad_enabled()):
+            keep = attention_mask.to(torch.bool)
+            # host syncs (eager only): is there padding to skip, and is the mask right-padded
+            if not bool(keep.all()) and is_prefix_mask(keep) and bool(keep[:, 0].all()):
+                return self._forward_packed(input_ids, keep, token_type_ids, output_hidden_states, layer_mix)
         return self._forward_reference(input_ids, attention_mask, token_type_ids, output_hidden_states, layer_mix)
 
     def _use_fused(self, input_ids: Tensor, attention_mask: Tensor | None) -> bool:
@@ -365,6 +384,63 @@ class BertModel(nn.Module):
             pooler_output=pooled,
             hidden_states=states if output_hidden_states else None,
             layer_mix=mixed,
+        )
+
+    def _forward_packed(
+        self,
+        input_ids: Tensor,
+        keep: Tensor,
+        token_type_ids: Tensor | None,
+        output_hidden_states: bool,
+        layer_mix: Tensor,
+    ) -> BertOutput:
+        """The reference forward on the real tokens only (inference): embeddings, every dense
+        layer and LayerNorm run on the packed (N, H) rows; attention scatters Q, K, V back to
+        (B, T) for SDPA with the key-padding bias (its cost is small against the GEMMs at
+        these lengths). Outputs hold zeros at padding, as the fused packed path.
+
+        Args:
+            keep: (B, T) bool right-padded mask, every row with a first real token.
+        """
+        batch, length = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        rows = keep.flatten().nonzero().squeeze(1)  # shape: (N,) real positions in (B*T)
+        emb = self.embeddings
+        positions = torch.arange(length, device=input_ids.device).expand(batch, length).flatten()[rows]
+        x = emb.word_embeddings(input_ids.flatten()[rows]) + emb.token_type_embeddings(token_type_ids.flatten()[rows])
+        x = emb.LayerNorm(x + emb.position_embeddings(positions))  # shape: (N, H)
+        hidden = x.shape[1]
+        bias = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
+        bias.masked_fill_(~keep, torch.finfo(x.dtype).min)
+        bias = bias[:, None, None, :]  # shape: (B, 1, 1, T)
+
+        def unpack(t: Tensor) -> Tensor:  # (N, H) -> (B, T, H), zeros at padding
+            out = t.new_zeros(batch * length, t.shape[1])
+            out[rows] = t
+            return out.view(batch, length, t.shape[1])
+
+        coef = layer_mix.to(device=x.device, dtype=torch.float32)  # shape: (N + 1,)
+        mixed = coef[0] * x.float()
+        states = [x] if output_hidden_states else None
+        for index, layer in enumerate(self.encoder.layer, start=1):
+            sa = layer.attention.self
+            q, k, v = (unpack(proj(x)).view(batch, length, sa.num_heads, sa.head_dim).transpose(1, 2)
+                       for proj in (sa.query, sa.key, sa.value))  # shape: (B, nh, T, hd)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            context = context.transpose(1, 2).reshape(batch * length, hidden)[rows]  # shape: (N, H)
+            attended = layer.attention.output(context, x)
+            x = layer.output(layer.intermediate(attended), attended)
+            mixed = mixed + coef[index] * x.float()
+            if states is not None:
+                states.append(x)
+        last = unpack(x)
+        pooled = self.pooler(last) if self.pooler is not None else None
+        return BertOutput(
+            last_hidden_state=last,
+            pooler_output=pooled,
+            hidden_states=tuple(unpack(h) for h in states) if states is not None else None,
+            layer_mix=unpack(mixed),
         )
 
     def extra_repr(self) -> str:

@@ -148,7 +148,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = dict(labels=data.vocab.labels, tag_scheme=args.tag_scheme, enc_hidden_dim=args.enc_hidden_dim,
                    rnn_layers=args.rnn_layers, num_heads=args.num_heads, key_dim=args.key_dim, val_dim=args.val_dim,
                    input_dropout=args.input_dropout, bert_mode=args.bert_mode, freeze=not args.fine_tune,
-                   backend=args.backend)
+                   backend=args.backend, casing=args.casing, shape_dim=args.shape_dim, char_dim=args.char_dim,
+                   char_filters=args.char_filters)
     if cls.joint:
         if data.intent_vocab is None:
             raise ValueError(f"{args.model} classifies intents, but {args.train} has none (use the ATIS format)")
@@ -156,7 +157,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = cls.create(data.vocab.num_labels, checkpoint, **options)
     learner = NerLearner(model, data, args.output, lr=args.lr, clip=args.clip, device=args.device, seed=args.seed,
                          cache_features={"auto": "auto", "on": True, "off": False}[args.cache],
-                         cache_dir=args.cache_dir)
+                         cache_dir=args.cache_dir, bert_lr=args.bert_lr, layer_decay=args.layer_decay)
     learner.fit(args.epochs, target_metric=args.target_metric, resume=args.resume, overwrite=args.overwrite)
     from nertron.engine.models import NerModel
 
@@ -258,19 +259,24 @@ def _cmd_tag(args: argparse.Namespace) -> int:
         if args.input is None or output == "-" or fmt == "pretty":
             raise ValueError("under torchrun, nertron tag needs --input FILE, --output FILE and --format jsonl or conll")
         count = tag_file_distributed(args.input, output, format=fmt, model=args.model, device=args.device,
-                                     dtype=args.dtype, checkpoint=args.checkpoint, batch_tokens=args.batch_tokens)
+                                     dtype=args.dtype, checkpoint=args.checkpoint, batch_tokens=args.batch_tokens,
+                                     progress=False if args.quiet else None)
         if int(os.environ["RANK"]) == 0:
             print(f"tagged {count} lines of {args.input} -> {output}", file=sys.stderr)
         return 0
     resolve_device(args.device)  # an unknown device or CUDA without one: fail before loading the model
 
-    from nertron.engine.tagger import Tagger, format_record, open_output, read_lines
+    from nertron.engine.progress import Progress, shown as progress_shown
+    from nertron.engine.tagger import Tagger, count_lines, format_record, open_output, read_lines
 
     tagger = Tagger.load(args.model, device=args.device, dtype=args.dtype, checkpoint=args.checkpoint,
                          batch_tokens=args.batch_tokens)
     texts = read_lines(args.input) if args.input is not None else args.texts
+    # a bar for a file, not for texts on the command line; on stderr, when it is a terminal
+    shown = args.input is not None and not args.quiet and progress_shown(None)
+    bar = Progress(total=count_lines(args.input) if shown else None, enabled=shown)
     with open_output(output) as out:
-        for text, result in tagger.tag_lines(texts):
+        for text, result in tagger.tag_lines(texts, progress=bar):
             if fmt != "pretty":
                 out.write(format_record(text, result, fmt))
                 continue
@@ -349,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--input-dropout", type=float, default=0.5)
     train.add_argument("--bert-mode", choices=("weighted", "softmax", "last"), default="weighted")
     train.add_argument("--fine-tune", action="store_true", help="train BERT too (reference path, no feature cache)")
+    train.add_argument("--bert-lr", type=float, default=5e-5,
+                       help="with --fine-tune: peak learning rate of BERT's top layer (the head uses --lr)")
+    train.add_argument("--layer-decay", type=float, default=1.0,
+                       help="with --fine-tune: each BERT layer below the top learns at this factor of the one above")
+    train.add_argument("--casing", choices=("auto", "none", "shape", "chars"), default="auto",
+                       help="casing features of the original words beside BERT's: word shapes, or shapes and a "
+                       "character CNN (auto: on when the checkpoint's tokenizer lower-cases)")
+    train.add_argument("--shape-dim", type=int, default=16, help="word-shape embedding size (--casing shape/chars)")
+    train.add_argument("--char-dim", type=int, default=32, help="character embedding size (--casing chars)")
+    train.add_argument("--char-filters", type=int, default=64, help="character CNN outputs (--casing chars)")
     train.add_argument("--target-metric", default="span_f1", help="span_f1, token_f1, intent_accuracy, ...")
     train.add_argument("--cache", choices=("auto", "on", "off"), default="auto", help="cache frozen BERT states")
     train.add_argument("--cache-dir", default=None, help="keep cached BERT states on disk here, shared by runs "
@@ -396,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                      help="BERT's compute dtype (default: bf16 on CUDA, fp32 on CPU; bf16/fp16 need CUDA)")
     tag.add_argument("--batch-tokens", type=int, default=4096, help="padded sub-tokens per batch")
+    tag.add_argument("--quiet", action="store_true", help="no progress bar (with --input, one is shown on stderr "
+                     "when it is a terminal: texts, texts/s, sub-tokens/s)")
     tag.set_defaults(run=_cmd_tag)
 
     bench = sub.add_parser("bench", help="run the benchmark suite (Markdown + JSON + plots)",

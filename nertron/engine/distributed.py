@@ -54,8 +54,9 @@ from typing import IO, Any, Iterator
 import torch
 
 from nertron.engine.files import open_atomic
-from nertron.engine.tagger import (DEFAULT_BATCH_TOKENS, Tagger, check_input, check_output, format_record,
-                                   read_lines, resolve_device)
+from nertron.engine.progress import Progress, shown as progress_shown
+from nertron.engine.tagger import (DEFAULT_BATCH_TOKENS, Tagger, check_input, check_output, count_lines,
+                                   format_record, read_lines, resolve_device)
 
 __all__ = ["distributed_env", "shard_path", "write_shard", "merge_shards", "tag_file_distributed", "RankFailed"]
 
@@ -94,8 +95,9 @@ def shard_path(out_path: str | Path, rank: int, world_size: int) -> Path:
 
 
 def write_shard(tagger: Tagger, in_path: str | Path, shard: str | Path, rank: int, world_size: int,
-                format: str = "jsonl", batch_tokens: int | None = None) -> int:
-    """Tag lines ``rank, rank + world_size, ...`` of ``in_path`` into ``shard``, in order.
+                format: str = "jsonl", batch_tokens: int | None = None, progress: bool = False) -> int:
+    """Tag lines ``rank, rank + world_size, ...`` of ``in_path`` into ``shard``, in order
+    (``progress``: a bar on stderr over this rank's lines).
 
     Returns:
         The number of lines this rank tagged.
@@ -104,8 +106,12 @@ def write_shard(tagger: Tagger, in_path: str | Path, shard: str | Path, rank: in
         raise ValueError(f"unknown output format {format!r} for distributed tagging; expected jsonl or conll")
     count = 0
     lines = read_lines(in_path, stride=world_size, offset=rank)
+    total = None
+    if progress:
+        total = max(0, -(-(count_lines(in_path) - rank) // world_size))  # lines rank, rank + world, ...
+    bar = Progress(total=total, enabled=progress, desc=f"tagging (rank {rank} of {world_size})")
     with open_atomic(shard) as out:
-        for text, result in tagger.tag_lines(lines, batch_tokens):
+        for text, result in tagger.tag_lines(lines, batch_tokens, progress=bar):
             out.write(format_record(text, result, format))
             count += 1
     return count
@@ -163,7 +169,7 @@ def merge_shards(shards: list[str | Path], out_path: str | Path, format: str = "
 def tag_file_distributed(in_path: str | Path, out_path: str | Path, format: str = "jsonl",
                          model: str | Path | None = None, device: str | None = None, dtype: str | None = None,
                          checkpoint: str | Path | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                         timeout: datetime.timedelta = datetime.timedelta(hours=24)) -> int:
+                         timeout: datetime.timedelta = datetime.timedelta(hours=24), progress: bool | None = None) -> int:
     """Tag ``in_path`` into ``out_path`` with every torchrun rank (see the module doc).
 
     Args:
@@ -172,6 +178,8 @@ def tag_file_distributed(in_path: str | Path, out_path: str | Path, format: str 
         model, dtype, checkpoint, batch_tokens: as ``Tagger.load``.
         device: None: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
         timeout: how long a rank may wait at a barrier for the slowest one.
+        progress: rank 0 shows a progress bar on stderr over its share of the lines (None:
+            when stderr is a terminal).
 
     Returns:
         The number of lines this rank tagged (rank 0 after merging: all of them).
@@ -208,7 +216,8 @@ def tag_file_distributed(in_path: str | Path, out_path: str | Path, format: str 
             def tag_shard() -> int:
                 tagger = Tagger.load(model, device=device, dtype=dtype, checkpoint=checkpoint,
                                      batch_tokens=batch_tokens)
-                return write_shard(tagger, in_path, shards[rank], rank, world, format, batch_tokens)
+                return write_shard(tagger, in_path, shards[rank], rank, world, format, batch_tokens,
+                                   progress=rank == 0 and progress_shown(progress))
 
             count = _in_step(tag_shard, rank, world, timeout,
                              lambda failed: f"rank(s) {', '.join(map(str, failed))} of {world} failed (see their "

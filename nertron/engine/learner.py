@@ -72,6 +72,10 @@ class NerLearner:
         data: ``NerData`` with train and validation sets.
         best_model_path: directory where the best model (by ``target_metric``) is saved.
         lr: peak learning rate; clip: max gradient norm (None = no clipping).
+        bert_lr: peak learning rate of a fine-tuned BERT's top layer (None: ``lr``); a head
+            learns at 1e-3 while pre-trained weights need ~1e-5..1e-4.
+        layer_decay: a fine-tuned BERT's layer ``l`` (of ``L``; the embeddings are layer 0)
+            learns at ``bert_lr * layer_decay ** (L - l)`` (1.0: all at ``bert_lr``).
         warmup: fraction of the steps spent warming up linearly, then linear decay to 0.
         weight_decay: AdamW's decoupled weight decay (not applied to biases and norms).
         device: default CUDA when available, else CPU.
@@ -104,12 +108,17 @@ class NerLearner:
         log_path: str | Path | None = None,
         seed: int = 0,
         progress: bool = True,
+        bert_lr: float | None = None,
+        layer_decay: float = 1.0,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device)
         self.data = data
+        data.casing = model.config.casing  # the data's batches carry the casing inputs the model reads
         self.best_model_path = Path(best_model_path)
         self.lr, self.clip, self.warmup, self.weight_decay = lr, clip, warmup, weight_decay
+        self.bert_lr = lr if bert_lr is None else bert_lr
+        self.layer_decay = layer_decay
         self.amp = amp and self.device.type == "cuda"
         self.log_path = Path(log_path) if log_path else self.best_model_path / "train_log.jsonl"
         self.seed = seed
@@ -222,14 +231,32 @@ class NerLearner:
 
     # --- training ----------------------------------------------------------------------------
 
+    def _param_lr(self, name: str) -> float:
+        """The peak learning rate of one parameter: the head's ``lr``; a fine-tuned BERT's
+        ``bert_lr``, decayed by ``layer_decay`` per layer below the top."""
+        prefix = "features.bert."
+        if not name.startswith(prefix):
+            return self.lr
+        layers = self.model.features.bert.config.num_hidden_layers
+        rest = name[len(prefix):]
+        depth = layers  # the pooler and anything above the layers: the top
+        if rest.startswith("embeddings."):
+            depth = 0
+        elif rest.startswith("encoder.layer."):
+            depth = int(rest.split(".")[2]) + 1
+        return self.bert_lr * self.layer_decay ** (layers - depth)
+
     def _make_optimizer(self, total_steps: int) -> None:
-        decay, no_decay = [], []
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.dim() < 2 or "norm" in name.lower() else decay).append(param)
+            decays = not (param.dim() < 2 or "norm" in name.lower())
+            groups.setdefault((self._param_lr(name), decays), []).append(param)
+        # one group per (learning rate, decay): the schedule scales every group's own peak rate
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": params, "lr": lr, "weight_decay": self.weight_decay if decays else 0.0}
+             for (lr, decays), params in sorted(groups.items(), key=lambda item: (-item[0][0], not item[0][1]))],
             lr=self.lr,
         )
         warmup_steps = max(1, int(self.warmup * total_steps))
@@ -292,7 +319,8 @@ class NerLearner:
             improved = self.best_metric is None or metric > self.best_metric
             if improved:
                 self.best_metric = metric
-                intents = self.data.intent_vocab.names if self.data.intent_vocab is not None else None
+                joint = self.model.joint and self.data.intent_vocab is not None  # a tagger alone has no intents
+                intents = self.data.intent_vocab.names if joint else None
                 self.model.save(self.best_model_path, self.data.vocab, intents=intents)
             record["best"] = improved
             self.history.append(record)

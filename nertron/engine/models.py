@@ -14,6 +14,13 @@ seed's ``X`` label). Heads:
 - ``BertBiLSTMAttnCRFJoint`` / ``BertBiLSTMAttnNMTJoint``: the same plus a sentence classifier
   (masked mean pooling + linear) for the intent; loss = tag loss + classification loss.
 
+An uncased encoder cannot see capitals: with ``casing`` (``'shape'``, ``'chars'``; ``create``
+turns it on when the checkpoint's tokenizer lower-cases) the head also reads casing features of
+the original words (``CasingFeatures``: a word-shape embedding and a character CNN over
+``batching.collate(..., casing=...)``'s ``word_shapes`` / ``word_chars``), concatenated to the
+pooled BERT vectors before the BiLSTM / attention. A frozen BERT stays in eval mode in
+``model.train()`` (no dropout noise in its features, cached or not).
+
 CRF models decode with BIO/IOB1/BIOES constraints built from the label set (on by default).
 Because pooling mixes each position independently and linearly, mixing the gathered
 first-sub-token vectors equals gathering the mixed sequence: the learner caches the frozen
@@ -41,11 +48,14 @@ from nertron.bindings import BACKENDS
 from nertron.bindings.crf import CRF, allowed_transitions
 from nertron.bindings.pooling import LayerPooling
 from nertron.engine.bert import BertModel
+from nertron.engine.casing import CASING_MODES, CHAR_BUCKETS, NUM_SHAPE_IDS
 from nertron.engine.checkpoint import DEFAULT_CHECKPOINT_PACKAGE, default_checkpoint_dir
 from nertron.engine.data.vocab import IGNORE_INDEX
 from nertron.engine.files import write_atomic
 
 BERT_MODES = ("weighted", "softmax", "last")
+# what ``create`` picks for an encoder whose tokenizer lower-cases (casing="auto")
+DEFAULT_CASING = "chars"
 
 
 class ModelFileError(ValueError):
@@ -64,9 +74,10 @@ class MissingModelFileError(ModelFileError, FileNotFoundError):
 # as a huge allocation).
 _INT_RANGES = {"label_size": (2, 10_000), "intent_size": (0, 10_000), "enc_hidden_dim": (2, 1 << 20),
                "rnn_layers": (1, 64), "num_heads": (1, 4096), "key_dim": (1, 1 << 20), "val_dim": (1, 1 << 20),
-               "dec_embedding_dim": (1, 1 << 20), "dec_hidden_dim": (1, 1 << 20)}
+               "dec_embedding_dim": (1, 1 << 20), "dec_hidden_dim": (1, 1 << 20), "shape_dim": (1, 4096),
+               "char_dim": (1, 4096), "char_filters": (1, 1 << 16)}
 _FLOAT_FIELDS = ("input_dropout", "attn_dropout")  # probabilities
-_STR_FIELDS = ("checkpoint_dir", "tag_scheme", "bert_mode", "backend")
+_STR_FIELDS = ("checkpoint_dir", "tag_scheme", "bert_mode", "backend", "casing")
 _BOOL_FIELDS = ("freeze", "constrained")
 
 
@@ -187,6 +198,15 @@ class ModelConfig:
     freeze: bool = True
     constrained: bool = True
     backend: str = "auto"
+    # Casing features of the original words beside BERT's (``nertron.engine.casing``):
+    # 'none' (models saved before the option read as this), 'shape' (a word-shape embedding of
+    # ``shape_dim``) or 'chars' (that and a character CNN: ``char_dim`` embeddings, width-3
+    # convolution with ``char_filters`` outputs, max over the characters). ``create`` turns it
+    # on when the checkpoint's tokenizer lower-cases.
+    casing: str = "none"
+    shape_dim: int = 16
+    char_dim: int = 32
+    char_filters: int = 64
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -198,6 +218,8 @@ class ModelConfig:
             raise ValueError(f"bert_mode must be one of {BERT_MODES}, got {self.bert_mode!r}")
         if self.enc_hidden_dim % 2:
             raise ValueError(f"enc_hidden_dim must be even (two LSTM directions), got {self.enc_hidden_dim}")
+        if self.casing not in CASING_MODES:
+            raise ValueError(f"casing must be one of {CASING_MODES}, got {self.casing!r}")
 
 
 @dataclass
@@ -220,6 +242,14 @@ class BertFeatures(nn.Module):
         self.pooling = LayerPooling(layers, mode=mode, backend=bert.backend) if mode != "last" else None
         if freeze:
             bert.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "BertFeatures":
+        """A frozen BERT stays in eval mode (dropout off) whatever the head does: its features
+        must be the ones the cache holds and inference sees, not noisy ones."""
+        super().train(mode)
+        if self.freeze:
+            self.bert.eval()
+        return self
 
     @property
     def hidden_size(self) -> int:
@@ -273,13 +303,57 @@ def _gather_words(states: Tensor, word_index: Tensor) -> Tensor:
     return states.gather(1, index)
 
 
+class CasingFeatures(nn.Module):
+    """Word vectors from the original words' casing (``nertron.engine.casing``): a word-shape
+    embedding and, in ``'chars'`` mode, a character CNN (Ma & Hovy 2016: embeddings, width-3
+    convolution, max over the characters)."""
+
+    def __init__(self, mode: str, shape_dim: int, char_dim: int, char_filters: int):
+        super().__init__()
+        self.mode = mode
+        self.shape = nn.Embedding(NUM_SHAPE_IDS, shape_dim, padding_idx=0)
+        self.output_dim = shape_dim
+        if mode == "chars":
+            self.chars = nn.Embedding(CHAR_BUCKETS, char_dim, padding_idx=0)
+            self.conv = nn.Conv1d(char_dim, char_filters, kernel_size=3, padding=1)
+            self.output_dim += char_filters
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, W, output_dim) fp32 from ``word_shapes`` (B, W) and ``word_chars`` (B, W, C)."""
+        missing = [key for key in ("word_shapes", "word_chars")[: 2 if self.mode == "chars" else 1]
+                   if batch.get(key) is None]
+        if missing:
+            raise ValueError(f"this model reads casing features (casing={self.mode!r}): the batch lacks "
+                             f"{' and '.join(missing)}; collate it with batching.collate(..., casing={self.mode!r})")
+        x = self.shape(batch["word_shapes"])  # shape: (B, W, shape_dim)
+        if self.mode == "chars":
+            chars = batch["word_chars"]  # shape: (B, W, C)
+            real = chars[..., 0] != 0  # shape: (B, W): the words (padding words have no characters)
+            words = chars[real]  # shape: (N, C): the CNN runs on real words only
+            conv = self.conv(self.chars(words).transpose(1, 2))  # shape: (N, char_filters, C)
+            pooled = conv.masked_fill((words == 0)[:, None, :], float("-inf")).amax(-1)  # max over its characters
+            out = x.new_zeros(*real.shape, self.conv.out_channels)  # a padding word gives 0
+            out[real] = torch.tanh(pooled).to(out.dtype)
+            x = torch.cat([x, out], -1)
+        return x
+
+
 class BiLSTM(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, layers: int, dropout: float):
         super().__init__()
         self.lstm = nn.LSTM(input_dim, hidden_dim // 2, layers, batch_first=True, bidirectional=True,
                             dropout=dropout if layers > 1 else 0.0)
+        # what forward passes under torch.compile, which refuses to touch an nn.LSTM object:
+        # its weights (the same Parameter objects), layers and dropout
+        self._compile_args = (list(self.lstm._flat_weights), layers, dropout if layers > 1 else 0.0)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            # Dynamo will not trace pack_padded_sequence: the same computation as custom ops
+            from nertron.bindings.lstm import packed_bilstm
+
+            weights, layers, dropout = self._compile_args
+            return packed_bilstm(weights, layers, dropout, self.training, x, mask)
         lengths = mask.sum(1).clamp(min=1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
@@ -372,6 +446,10 @@ class NerModel(nn.Module):
         self.config = config
         self.features = BertFeatures(bert, config.bert_mode, config.freeze)
         dim = self.features.hidden_size
+        self.casing = None
+        if config.casing != "none":
+            self.casing = CasingFeatures(config.casing, config.shape_dim, config.char_dim, config.char_filters)
+            dim += self.casing.output_dim
         self.input_dropout = nn.Dropout(config.input_dropout)
         if self.use_lstm:
             self.lstm = BiLSTM(dim, config.enc_hidden_dim, config.rnn_layers, config.input_dropout)
@@ -400,9 +478,18 @@ class NerModel(nn.Module):
     # --- construction and persistence ------------------------------------------------------
 
     @classmethod
-    def create(cls, label_size: int, checkpoint_dir: str | Path, **kwargs: Any) -> "NerModel":
-        """Build a model over the BERT checkpoint in ``checkpoint_dir`` (seed-style factory)."""
-        config = ModelConfig(label_size=label_size, checkpoint_dir=str(checkpoint_dir), **kwargs)
+    def create(cls, label_size: int, checkpoint_dir: str | Path, casing: str = "auto", **kwargs: Any) -> "NerModel":
+        """Build a model over the BERT checkpoint in ``checkpoint_dir`` (seed-style factory).
+
+        ``casing='auto'``: ``DEFAULT_CASING`` when the checkpoint's tokenizer lower-cases (the
+        encoder cannot see capitals), else ``'none'``; or one of ``CASING_MODES``.
+        """
+        if casing == "auto":
+            from nertron.engine.tokenizer import WordPieceTokenizer
+
+            lowercases = WordPieceTokenizer.from_pretrained(checkpoint_dir).do_lower_case
+            casing = DEFAULT_CASING if lowercases else "none"
+        config = ModelConfig(label_size=label_size, checkpoint_dir=str(checkpoint_dir), casing=casing, **kwargs)
         bert = BertModel.from_pretrained(checkpoint_dir, backend=config.backend)
         return cls(config, bert)
 
@@ -557,7 +644,10 @@ class NerModel(nn.Module):
     def encode(self, batch: dict[str, Tensor], features: Tensor | None = None) -> Tensor:
         """Word-level encoder states (B, W, D)."""
         mask = batch["word_mask"]
-        x = self.input_dropout(self.features(batch, features))
+        x = self.features(batch, features)  # shape: (B, W, H)
+        if self.casing is not None:
+            x = torch.cat([x, self.casing(batch)], -1)  # shape: (B, W, H + casing dims)
+        x = self.input_dropout(x)
         if self.use_lstm:
             x = self.lstm(x, mask)
         if self.use_attention:

@@ -5,17 +5,22 @@
     >>> tagger.tag("Angela Merkel met Emmanuel Macron in Paris.")
     [Entity(text='Angela Merkel', label='PER', start=0, end=13, score=0.99...), ...]
 
-Pipeline, per chunk of input (``tag_iter`` reads any iterable in bounded chunks), on the
-batching path shared with training (``nertron.engine.batching``):
+Pipeline, per chunk of input (``tag_iter`` reads any iterable in chunks of
+``DEFAULT_CHUNK_SIZE`` texts), on the batching path shared with training
+(``nertron.engine.batching``):
 
-1. texts are split into words with the tokenizer's pre-tokenisation (``split_text``), which
-   keeps each word's character offsets, and tokenised in one batched call (``batching.encode``);
+1. the chunk is tokenised in one call (``WordPieceTokenizer.encode_texts``: one
+   ``encode_batch_fast``; words by ``split_text``'s rules in one regex pass; each sub-token
+   assigned to its word on flat arrays, ``Encoded``), in a worker thread while the model runs
+   the previous chunk (``threads``);
 2. a text longer than the model's positions is cut into overlapping windows on word
-   boundaries (``WordPieceTokenizer.windows``): nothing is truncated;
+   boundaries (``batching.units``, the bounds of ``WordPieceTokenizer.windows``): nothing is
+   truncated;
 3. the windows are sorted by length and packed into batches under a padded-token budget
-   (``batch_tokens``; ``batching.bucket`` / ``collate``); each batch runs BERT + the head, is decoded on the device (Viterbi
-   for CRF models, greedy for NMT models), and its entity spans and their scores are found
-   there too, with one transfer back per batch;
+   (``batch_tokens``; ``batching.bucket`` / ``collate_units``, no loop over rows); each batch
+   runs BERT + the head, is decoded on the device (Viterbi for CRF models, greedy for NMT
+   models), and its entity boundaries and their scores are found there too, in fixed shapes,
+   with one packed copy back per batch (on CUDA queued while the host reads the previous one);
 4. windows are merged (``batching.merge``: each word takes the tag of the window where it
    has most context) and results come back in input order.
 
@@ -44,26 +49,29 @@ import os
 import stat
 import sys
 from collections import deque
-from collections.abc import Mapping, Set
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Set, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from nertron.engine import batching
 from nertron.engine.files import open_atomic
 from nertron.engine.models import NerModel
-from nertron.engine.tokenizer import WordPieces, WordPieceTokenizer
+from nertron.engine.progress import Progress, shown as progress_shown
+from nertron.engine.tokenizer import Encoded, WordPieceTokenizer
 from nertron.tags import TagError, end_of_chunk, normalize_scheme, split_tag, start_of_chunk
 
-__all__ = ["Entity", "TaggedText", "Tagger", "DEFAULT_MODEL_DIR", "InputFileError", "read_lines", "open_output",
-           "format_record", "check_input", "check_output", "resolve_device"]
+__all__ = ["Entity", "TaggedText", "Tagger", "DEFAULT_MODEL_DIR", "InputFileError", "read_lines", "count_lines",
+           "open_output", "format_record", "check_input", "check_output", "resolve_device", "resolve_dtype"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "resources" / "default_model"
 DEFAULT_BATCH_TOKENS = 4096  # padded sub-tokens per batch
-DEFAULT_CHUNK_SIZE = 1024  # texts read (and held) at a time by tag_iter
+DEFAULT_CHUNK_SIZE = 256  # texts read, prepared and batched at a time (small enough to pipeline)
 MAX_CHUNK_CHARS = 4_000_000  # ... or fewer, once their characters reach this
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -89,28 +97,114 @@ class Entity:
     score: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The entity as a Hugging Face token-classification pipeline reports a grouped entity
+        (``aggregation_strategy="simple"`` and the like): ``{"entity_group": label, "score":
+        numpy.float32, "word": text, "start": start, "end": end}``. (``tag_file``'s JSON lines
+        keep nertron's own field names: ``dataclasses.asdict(entity)``.)"""
+        return {"entity_group": self.label, "score": np.float32(self.score), "word": self.text,
+                "start": self.start, "end": self.end}
 
 
-@dataclass
 class TaggedText:
-    """One input's full result (``Tagger.tag_lines``): its words, one tag name per word, its entities."""
+    """One input's full result (``Tagger.tag_lines``): its words, one tag name per word, its
+    entities, and (``word_probs=True``) the probability of each word's tag.
 
-    words: list[str]
-    tags: list[str]
-    entities: list[Entity]
+    ``words``, ``tags`` and ``probs`` are built when first read, so a caller that wants only
+    the entities does not pay for them.
+    """
+
+    __slots__ = ("entities", "_words", "_tags", "_probs", "_source")
+
+    def __init__(self, words: list[str], tags: list[str], entities: list[Entity], probs: list[float] | None = None):
+        self.entities = entities
+        self._words, self._tags, self._probs = words, tags, probs
+        self._source = None
+
+    @classmethod
+    def _lazy(cls, entities: list[Entity], source: tuple) -> "TaggedText":
+        """``source``: ``(encoded, n, tag ids (W,) array, label names, word probs (W,) array or None)``."""
+        result = cls.__new__(cls)
+        result.entities, result._source = entities, source
+        return result
+
+    def _load(self) -> None:
+        encoded, n, tags, names, probs = self._source
+        self._words = encoded.words(n)
+        self._tags = [names[t] for t in tags.tolist()]
+        self._probs = None if probs is None else probs.tolist()
+        self._source = None
+
+    @property
+    def words(self) -> list[str]:
+        if self._source is not None:
+            self._load()
+        return self._words
+
+    @property
+    def tags(self) -> list[str]:
+        if self._source is not None:
+            self._load()
+        return self._tags
+
+    @property
+    def probs(self) -> list[float] | None:
+        """Per word, the model's probability of its tag (CRF: the marginal ``P(y_w = tag | x)``;
+        NMT: the decoder's softmax probability), when asked for (``word_probs=True``); else None."""
+        if self._source is not None:
+            self._load()
+        return self._probs
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaggedText):
+            return NotImplemented
+        return (self.words, self.tags, self.entities, self.probs) == (other.words, other.tags, other.entities,
+                                                                       other.probs)
+
+    def __repr__(self) -> str:
+        probs = "" if self.probs is None else f", probs={self.probs!r}"
+        return f"TaggedText(words={self.words!r}, tags={self.tags!r}, entities={self.entities!r}{probs})"
 
 
 @dataclass
-class _Unit:
-    """One window of one input, waiting for (or holding) its predictions."""
+class _Chunk:
+    """One chunk of input on its way through the pipeline: prepared on the host (``_prepare``,
+    possibly in the worker thread), run batch by batch (``_launch`` / ``_land``), then turned
+    into results (``_results``)."""
 
-    item: int  # position of its input in the chunk
-    number: int  # window number within the input
-    window: WordPieces
-    tags: list[int] | None = None
-    entities: list[tuple[int, int, int, float]] | None = None  # (label id, first, last word, score)
-    scores: Tensor | None = None  # (W, K) kept for multi-window inputs: emissions (CRF) or log-probs (NMT)
+    items: list  # the texts (or word lists)
+    words: bool
+    encoded: Encoded
+    windows: batching.Units
+    groups: list[np.ndarray]  # the window indices of each batch
+    batches: list[dict[str, Tensor]]  # collated (pinned on CUDA)
+    multi: np.ndarray  # (U,) bool: the window belongs to an input of several windows
+    outputs: list["_Output | None"]
+
+    @property
+    def complete(self) -> bool:
+        return all(output is not None for output in self.outputs)
+
+
+@dataclass
+class _Output:
+    """One batch's results on the host: ``(B, W)`` arrays, -1 / 0 at padding."""
+
+    tags: np.ndarray  # decoded tag ids
+    starts: np.ndarray  # bool: an entity starts at this word
+    ends: np.ndarray  # the last word of the entity starting here
+    probs: np.ndarray  # the probability of the entity starting here
+    word_probs: np.ndarray | None  # the probability of each word's tag (``word_probs=True``)
+    scores: dict[int, Tensor]  # row -> (W, K) scores, for the windows of multi-window inputs
+
+
+@dataclass
+class _Pending:
+    """A launched batch: its packed results on their way to the host."""
+
+    packed: Tensor  # (planes, B, W) fp32 on the host (pinned on CUDA, filled when ``event`` is reached)
+    event: Any  # torch.cuda.Event, or None on the CPU
+    scores: dict[int, Tensor]
+    word_probs: bool
 
 
 def resolve_device(device: str | int | torch.device | None) -> torch.device:
@@ -152,7 +246,9 @@ def resolve_device(device: str | int | torch.device | None) -> torch.device:
     return device
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """BERT's compute dtype for ``dtype`` on ``device``: None is bf16 on CUDA, fp32 elsewhere;
+    ``fp32``/``bf16``/``fp16`` (and torch dtypes); low precision only on CUDA (a ValueError)."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
@@ -227,9 +323,7 @@ class _ChunkRules:
             ``spans (N, 3)`` int64 rows ``(b, first, last)`` (inclusive), row-major order, and
             ``labels (N,)``, the tag id of each entity's first word.
         """
-        if tags.device not in self._on:
-            self._on[tags.device] = (self.starts.to(tags.device), self.ends.to(tags.device))
-        starts, ends = self._on[tags.device]
+        starts, ends = self._tables(tags.device)
         B = tags.shape[0]
         # shape: (B, W)
         y = tags.masked_fill(~mask, self.outside)
@@ -244,6 +338,36 @@ class _ChunkRules:
             raise RuntimeError(f"chunk rules found {begin.shape[0]} entity starts but {finish.shape[0]} ends")
         spans = torch.cat([begin, finish[:, 1:]], 1)
         return spans, y[begin[:, 0], begin[:, 1]]
+
+    def boundaries(self, tags: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Entity boundaries of a batch without a host sync (fixed shapes, for the device).
+
+        Args:
+            tags: ``(B, W)`` int64 tag ids; mask: ``(B, W)`` bool prefix mask.
+
+        Returns:
+            ``first (B, W)`` bool (an entity starts here), ``last (B, W)`` bool (one ends here)
+            and ``end (B, W)`` int64, the first ``last`` position at or after each word (``W``
+            if none): the last word of the entity that starts there.
+        """
+        starts, ends = self._tables(tags.device)
+        B, W = tags.shape
+        y = tags.masked_fill(~mask, self.outside)  # shape: (B, W)
+        boundary = y.new_full((B, 1), self.outside)
+        prev = torch.cat([boundary, y[:, :-1]], 1)
+        nxt = torch.cat([y[:, 1:], boundary], 1)
+        first = starts[prev, y] & mask
+        last = ends[y, nxt] & mask
+        position = torch.arange(W, device=tags.device).expand(B, W)
+        after = torch.where(last, position, torch.full_like(position, W))
+        end = after.flip(1).cummin(1).values.flip(1)  # nearest end at or after each word
+        return first, last, end
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._on:
+            self._on[device] = (self.starts.to(device), self.ends.to(device))
+        return self._on[device]
+
 
 
 class Tagger:
@@ -260,16 +384,33 @@ class Tagger:
         dtype: BERT's compute dtype: default bf16 on CUDA, fp32 on CPU; fp16/bf16 need CUDA
             (a ValueError otherwise). The head's weights stay fp32 (autocast on CUDA).
         batch_tokens: padded sub-tokens per batch (a window longer than that runs alone).
+        threads: host worker threads that prepare the next chunks of input (tokenise,
+            window, batch, pad), each its own chunk, while the model runs: 0 prepares in the
+            calling thread, between chunks; None: 1 when the process may use two CPUs or more
+            (its CPU affinity), else 0. The tokenizer itself uses the ``tokenizers``
+            library's thread pool (``RAYON_NUM_THREADS``, ``TOKENIZERS_PARALLELISM``).
+        max_batch_size: at most this many windows per batch (None: ``batch_tokens`` alone decides).
     """
 
     def __init__(self, model: NerModel, tokenizer: WordPieceTokenizer | None = None,
                  device: str | int | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS):
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS, threads: int | None = None,
+                 max_batch_size: int | None = None):
         self.device = resolve_device(device)
-        self.dtype = _resolve_dtype(dtype, self.device)
-        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+        self.dtype = resolve_dtype(dtype, self.device)
+        if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
             raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
+        if threads is None:
+            threads = 1 if _usable_cpus() > 1 else 0
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+            raise ValueError(f"threads must be an int >= 0 (host worker threads) or None, got {threads!r}")
+        if max_batch_size is not None and (not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool)
+                                           or max_batch_size < 1):
+            raise ValueError(f"max_batch_size must be a positive int or None, got {max_batch_size!r}")
         self.batch_tokens = batch_tokens
+        self.threads = threads
+        self.max_batch_size = max_batch_size
+        self.casing: str = getattr(model.config, "casing", "none")
         labels = model.config.labels
         if labels is None:
             raise ValueError("the model has no label names (config.labels): save it with its labels to tag text")
@@ -287,13 +428,14 @@ class Tagger:
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | int | torch.device | None = None,
              dtype: str | torch.dtype | None = None, checkpoint: str | Path | None = None,
-             batch_tokens: int = DEFAULT_BATCH_TOKENS) -> "Tagger":
+             batch_tokens: int = DEFAULT_BATCH_TOKENS, threads: int | None = None,
+             max_batch_size: int | None = None) -> "Tagger":
         """Load a model saved by ``NerModel.save`` / ``nertron train``.
 
         Args:
             path: the model directory (``model.json``, ``head.safetensors``); None: the default
                 model shipped inside nertron (``nertron/resources/default_model``).
-            device, dtype, batch_tokens: see ``Tagger``.
+            device, dtype, batch_tokens, threads, max_batch_size: see ``Tagger``.
             checkpoint: the BERT checkpoint directory, if it moved since training.
 
         Raises:
@@ -302,7 +444,7 @@ class Tagger:
                 CUDA device on a machine without one.
         """
         device_ = resolve_device(device)
-        _resolve_dtype(dtype, device_)  # fail before loading anything
+        resolve_dtype(dtype, device_)  # fail before loading anything
         if path is None:
             if not (DEFAULT_MODEL_DIR / "model.json").is_file():
                 raise FileNotFoundError(
@@ -314,7 +456,8 @@ class Tagger:
             raise FileNotFoundError(f"no nertron model in {path} (model.json missing); "
                                     "give a directory written by `nertron train` or NerModel.save")
         model = NerModel.load(path, checkpoint_dir=checkpoint)
-        return cls(model, device=device_, dtype=dtype, batch_tokens=batch_tokens)
+        return cls(model, device=device_, dtype=dtype, batch_tokens=batch_tokens, threads=threads,
+                   max_batch_size=max_batch_size)
 
     def __repr__(self) -> str:
         return (f"Tagger({type(self.model).__name__}, {len(self.labels)} labels ({self.scheme}), "
@@ -393,7 +536,7 @@ class Tagger:
                 self._stream(texts, words=False, batch_tokens=batch_tokens, chunk_size=chunk_size))
 
     def tag_file(self, in_path: str | Path, out_path: str | Path, format: str = "jsonl",
-                 batch_tokens: int | None = None) -> int:
+                 batch_tokens: int | None = None, progress: bool | None = None) -> int:
         """Tag a text file, one text per line, streaming.
 
         The input is checked before the output is touched, and the output is written to a
@@ -410,6 +553,9 @@ class Tagger:
                 ``word<TAB>tag`` line per word, a blank line after each text (so an empty
                 text is a lone blank line).
             batch_tokens: padded sub-tokens per batch (default: the tagger's).
+            progress: a progress bar on stderr (texts of the file's total, texts/s,
+                sub-tokens/s; never on stdout): None (default) when stderr is a terminal,
+                True always, False never.
 
         Returns:
             The number of texts (lines) tagged.
@@ -425,15 +571,18 @@ class Tagger:
             raise ValueError(f"unknown output format {format!r}; expected jsonl or conll")
         lines = read_lines(in_path)  # checks the input now, before the output is touched
         check_output(out_path, in_path)
+        show = progress_shown(progress)
+        bar = Progress(total=count_lines(in_path) if show else None, enabled=show)
         count = 0
         with open_output(out_path) as out:
-            for text, result in self.tag_lines(lines, batch_tokens):
+            for text, result in self.tag_lines(lines, batch_tokens, progress=bar):
                 out.write(format_record(text, result, format))
                 count += 1
         return count
 
     def tag_lines(self, lines: Iterable[str], batch_tokens: int | None = None,
-                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[tuple[str, TaggedText]]:
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, word_probs: bool = False,
+                  progress: bool | Progress = False) -> Iterator[tuple[str, TaggedText]]:
         """Each text with its full result (words, tags, entities), lazily, in input order.
 
         What ``tag_file``, ``nertron tag`` and the distributed tagger write (``format_record``).
@@ -441,6 +590,12 @@ class Tagger:
         Args:
             lines: an iterable of str (e.g. ``read_lines(path)``).
             batch_tokens, chunk_size: as for ``tag_iter``.
+            word_probs: also the probability of each word's tag (``TaggedText.probs``): for
+                CRF models the marginal ``P(y_w = tag | x)`` (forward-backward, fp32, the
+                decoder's constrained transitions), for NMT models the decoder's softmax
+                probability. Costs one forward-backward per batch.
+            progress: a progress bar on stderr (texts, texts/s, sub-tokens/s; a total when
+                ``lines`` has a length), or a ``Progress`` to update; off by default.
 
         Yields:
             ``(text, TaggedText)`` pairs, one per input text.
@@ -449,10 +604,12 @@ class Tagger:
             raise TypeError("tag_lines takes an iterable of texts, not a str")
         _check_iterable(lines, "tag_lines", "an iterable of str")
         _check_budget(batch_tokens, chunk_size)
-        return self._lines(lines, batch_tokens, chunk_size)
+        if not isinstance(progress, Progress):
+            progress = Progress(total=len(lines) if isinstance(lines, Sized) else None, enabled=bool(progress))
+        return self._lines(lines, batch_tokens, chunk_size, bool(word_probs), progress)
 
-    def _lines(self, lines: Iterable[str], batch_tokens: int | None,
-               chunk_size: int) -> Iterator[tuple[str, TaggedText]]:
+    def _lines(self, lines: Iterable[str], batch_tokens: int | None, chunk_size: int, word_probs: bool,
+               progress: Progress) -> Iterator[tuple[str, TaggedText]]:
         pending: deque[str] = deque()  # the lines read but not yet returned (at most a chunk)
 
         def remember(stream: Iterable[str]) -> Iterator[str]:
@@ -460,104 +617,163 @@ class Tagger:
                 pending.append(line)
                 yield line
 
-        for result in self._stream(remember(lines), words=False, batch_tokens=batch_tokens, chunk_size=chunk_size):
-            yield pending.popleft(), result
+        with progress:
+            for result in self._stream(remember(lines), words=False, batch_tokens=batch_tokens,
+                                       chunk_size=chunk_size, word_probs=word_probs,
+                                       progress=progress if progress.enabled else None):
+                yield pending.popleft(), result
 
     # --- internals ------------------------------------------------------------------------------
 
     def _stream(self, items: Iterable, words: bool, batch_tokens: int | None = None,
-                chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[TaggedText]:
-        """Results of ``items`` chunk by chunk. An error of the iterable (wrapped in a
-        RuntimeError naming the item; ``InputFileError`` from ``read_lines`` as it is) or of an
-        item's check is raised after the results of the items before it were yielded."""
+                chunk_size: int = DEFAULT_CHUNK_SIZE, word_probs: bool = False,
+                progress: Progress | None = None) -> Iterator[TaggedText]:
+        """Results of ``items``, in order, through the pipeline.
+
+        Chunks are read here (in the caller's thread: any iterable works) and prepared
+        ``threads`` chunks ahead by the worker threads (tokenised, windowed, bucketed,
+        collated; pinned on CUDA); batches are launched one ahead of the host: batch j+1 is
+        queued on the device before the results of batch j are brought back, and a chunk's
+        results are yielded as soon as its last batch is back, while the next chunk's batches
+        run. An error of the iterable (wrapped in a RuntimeError naming the item;
+        ``InputFileError`` from ``read_lines`` as it is) or of an item's check is raised after
+        the results of the items before it."""
         _check_budget(batch_tokens, chunk_size)
         budget = self.batch_tokens if batch_tokens is None else batch_tokens
-        check = batching.check_words_item if words else batching.check_text
-        iterator = iter(items)
-        index = 0
-        while True:
-            chunk: list = []
-            chars = 0
-            error: BaseException | None = None
-            exhausted = False
-            while len(chunk) < chunk_size and chars < MAX_CHUNK_CHARS:
+        reader = _read_chunks(items, words, chunk_size)
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nertron-host") if self.threads > 0 else None
+        ahead: deque[tuple[Any, BaseException | None]] = deque()  # chunks read, being prepared
+        read_all = False
+
+        def read_ahead(depth: int) -> None:
+            """Read chunks (and start preparing them) until ``depth`` are ahead."""
+            nonlocal read_all
+            while not read_all and len(ahead) < depth:
                 try:
-                    item = next(iterator)
+                    chunk, error = next(reader)
                 except StopIteration:
-                    exhausted = True
-                    break
-                except InputFileError as err:
-                    error = err
-                    break
-                except Exception as err:
-                    error = RuntimeError(f"the input iterable raised at item {index} "
-                                         f"({type(err).__name__}): {err}")
-                    error.__cause__ = err
-                    break
-                try:
-                    item = check(index, item)
-                except (TypeError, ValueError) as err:
-                    error = err
-                    break
-                chunk.append(item)
-                index += 1
-                chars += len(item)
-            if chunk:
-                yield from self._tag_chunk(chunk, words, budget)
+                    read_all = True
+                    return
+                read_all = error is not None  # nothing after an error is read
+                future = pool.submit(self._prepare, chunk, words, budget) if pool is not None else \
+                    _Ready(self._prepare(chunk, words, budget))
+                ahead.append((future, error))
+
+        waiting: deque[_Chunk] = deque()  # chunks whose results are not yielded yet, in order
+        in_flight: tuple[_Chunk, int, _Pending] | None = None
+        error: BaseException | None = None
+        try:
+            read_ahead(1)
+            while ahead:
+                future, error = ahead.popleft()
+                read_ahead(self.threads)  # the next chunks are prepared while this one runs
+                chunk = future.result()
+                waiting.append(chunk)
+                for b in range(len(chunk.batches)):
+                    pending = self._launch(chunk, b, word_probs)
+                    if in_flight is not None:
+                        self._land(*in_flight)
+                    in_flight = (chunk, b, pending)
+                    if pending.event is None:  # the CPU ran it already: nothing to overlap
+                        self._land(*in_flight)
+                        in_flight = None
+                    while waiting and waiting[0].complete:
+                        yield from self._finished(waiting.popleft(), word_probs, progress)
+                while waiting and waiting[0].complete:  # a chunk without batches (empty texts)
+                    yield from self._finished(waiting.popleft(), word_probs, progress)
+                read_ahead(1)
+            if in_flight is not None:
+                self._land(*in_flight)
+            while waiting:
+                yield from self._finished(waiting.popleft(), word_probs, progress)
             if error is not None:
                 raise error
-            if exhausted:
-                return
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
-    def _tag_chunk(self, chunk: list, words: bool, budget: int) -> list[TaggedText]:
-        pieces = batching.encode(self.tokenizer, chunk, words)
-        units = [_Unit(window.item, window.number, window.pieces)
-                 for window in batching.split_windows(self.tokenizer, pieces)]
-        windows_of: list[list[_Unit]] = [[] for _ in chunk]
-        for unit in units:
-            windows_of[unit.item].append(unit)
-        multi = {n for n, group in enumerate(windows_of) if len(group) > 1}
-        for group in batching.bucket([len(unit.window.input_ids) for unit in units], budget):
-            self._run_batch([units[u] for u in group], multi)
-        results = []
-        for n, item in enumerate(chunk):
-            p = pieces[n]
-            if p is None:
-                results.append(TaggedText([], [], []))
-            elif n in multi:
-                results.append(self._merge(p, windows_of[n], item, words))
-            else:
-                unit = windows_of[n][0]
-                results.append(self._result(p, unit.tags, unit.entities, item, words))
+    def _finished(self, chunk: _Chunk, word_probs: bool, progress: Progress | None) -> list[TaggedText]:
+        results = self._results(chunk, word_probs)
+        if progress is not None:
+            progress.update(texts=len(chunk.items), tokens=int(chunk.encoded.token_ptr[-1]))
         return results
 
+    def _prepare(self, items: list, words: bool, budget: int) -> _Chunk:
+        """Host work before the device: tokenise the chunk in one call, cut long inputs into
+        windows, sort the windows into batches under ``budget`` and pad them (on flat arrays)."""
+        tokenizer = self.tokenizer
+        encoded = tokenizer.encode_word_lists(items) if words else tokenizer.encode_texts(items)
+        windows = batching.units(tokenizer, encoded)
+        per_item = np.bincount(windows.item, minlength=len(items))
+        multi = per_item[windows.item] > 1
+        groups = [np.asarray(group, np.int64)
+                  for group in batching.bucket(windows.lengths.tolist(), budget, self.max_batch_size)]
+        pin = self.device.type == "cuda"
+        batches = []
+        for group in groups:
+            batch = batching.collate_units(tokenizer, encoded, windows, group, casing=self.casing)
+            batches.append({key: value.pin_memory() for key, value in batch.items()} if pin else batch)
+        return _Chunk(items, words, encoded, windows, groups, batches, multi, [None] * len(groups))
+
     @torch.inference_mode()
-    def _run_batch(self, units: list[_Unit], multi: set[int]) -> None:
-        """Run one batch; store each window's word tags and its entities with scores."""
-        batch = batching.collate(self.tokenizer, [unit.window for unit in units])
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+    def _launch(self, chunk: _Chunk, b: int, word_probs: bool) -> _Pending:
+        """Queue batch ``b`` of ``chunk`` on the device: BERT + head + decode, the entity
+        boundaries and the probability of each entity, all of fixed shapes (no host sync), and
+        the copy of their packed results back to the host."""
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in chunk.batches[b].items()}
         mask = batch["word_mask"]  # shape: (B, W)
         autocast = self.dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
             out = self.model(batch)
         tags = out.tags  # shape: (B, W), -1 at padding
         scores = self._score_tensor(out.emissions)  # shape: (B, W, K) fp32
-        spans, label_ids = self._rules.spans(tags, mask)
-        log_probs = self._span_log_probs(scores, mask, tags, spans)  # shape: (N,)
-        # one transfer back per batch
-        tags_cpu = tags.cpu().tolist()
-        spans_cpu = spans.cpu().tolist()
-        labels_cpu = label_ids.cpu().tolist()
-        probs_cpu = log_probs.exp().clamp(max=1.0).cpu().tolist()
-        per_row: list[list[tuple[int, int, int, float]]] = [[] for _ in units]
-        for (row, first, last), label, prob in zip(spans_cpu, labels_cpu, probs_cpu):
-            per_row[row].append((label, first, last, prob))
-        for row, unit in enumerate(units):
-            n = len(unit.window.word_spans)
-            unit.tags = tags_cpu[row][:n]
-            unit.entities = per_row[row]
-            if unit.item in multi:
-                unit.scores = scores[row, :n].cpu()
+        first, last, end = self._rules.boundaries(tags, mask)
+        B, W = tags.shape
+        # a span (b, i, end[b, i]) at every entity start, (b, 0, 0) elsewhere (valid, unread):
+        # a fixed number of spans, so nothing waits for the device to count them
+        rows = torch.arange(B, device=tags.device).repeat_interleave(W)
+        position = torch.arange(W, device=tags.device).expand(B, W)
+        begin = torch.where(first, position, 0).flatten()
+        stop = torch.where(first, end.clamp(max=W - 1), 0).flatten()
+        log_probs = self._span_log_probs(scores, mask, tags, torch.stack([rows, begin, stop], 1))
+        probs = torch.where(first, log_probs.view(B, W).exp().clamp(max=1.0), 0.0)
+        planes = [tags.float(), first.float(), last.float(), end.float(), probs]
+        if word_probs:
+            planes.append(self._word_probs(scores, tags, mask))
+        packed = torch.stack(planes)  # shape: (planes, B, W), one copy back
+        kept = {}
+        multi_rows = np.flatnonzero(chunk.multi[chunk.groups[b]])
+        for row in multi_rows.tolist():
+            kept[row] = scores[row]
+        if self.device.type == "cuda":
+            packed = packed.to("cpu", non_blocking=True)
+            kept = {row: value.to("cpu", non_blocking=True) for row, value in kept.items()}
+            event = torch.cuda.Event()
+            event.record()
+            return _Pending(packed, event, kept, word_probs)
+        return _Pending(packed, None, kept, word_probs)
+
+    def _land(self, chunk: _Chunk, b: int, pending: _Pending) -> None:
+        """Wait for batch ``b``'s results and keep them as host arrays."""
+        if pending.event is not None:
+            pending.event.synchronize()
+        planes = pending.packed.numpy()
+        first = planes[1] > 0
+        if int(first.sum()) != int((planes[2] > 0).sum()):  # the rules pair every start with an end
+            raise RuntimeError(f"chunk rules found {int(first.sum())} entity starts but {int((planes[2] > 0).sum())} ends")
+        chunk.outputs[b] = _Output(planes[0].astype(np.int64), first, planes[3].astype(np.int64), planes[4],
+                                   planes[5] if pending.word_probs else None, pending.scores)
+
+    def _word_probs(self, scores: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """``(B, W)`` fp32 probability of each word's decoded tag: the CRF marginal (with the
+        decoder's constrained transitions), or the NMT decoder's softmax probability; 0 at padding."""
+        if self.model.decoder == "crf":
+            probs = self.model.crf.marginals(scores, mask)  # shape: (B, W, K)
+        else:
+            probs = scores.exp()
+        picked = probs.gather(2, tags.clamp(min=0).unsqueeze(2)).squeeze(2)
+        # exp(alpha + beta - log Z) in fp32 can pass 1 by an ulp or so: a probability is at most 1
+        return torch.where(mask, picked.clamp(max=1.0), 0.0)
 
     def _score_tensor(self, emissions: Tensor) -> Tensor:
         """What spans are scored from: CRF emissions, or the NMT decoder's log-probabilities (fp32)."""
@@ -569,23 +785,103 @@ class Tagger:
         """``(N,)`` log-probabilities of the spans' tags (see the module doc)."""
         if self.model.decoder == "crf":
             return self.model.crf.span_log_probs(scores, tags, spans, mask)
-        if spans.shape[0] == 0:
-            return scores.new_zeros((0,))
-        # shape: (B, W): log-probability of each decoded tag
-        picked = scores.gather(2, tags.clamp(min=0).unsqueeze(2)).squeeze(2)
+        # NMT: the sum of the decoded tags' log-probabilities over the span, from prefix sums
+        picked = scores.gather(2, tags.clamp(min=0).unsqueeze(2)).squeeze(2)  # shape: (B, W)
+        picked = torch.where(mask, picked, 0.0)
+        total = torch.nn.functional.pad(picked.cumsum(1), (1, 0))  # shape: (B, W + 1)
         b, i, j = spans.unbind(1)
-        positions = i.unsqueeze(1) + torch.arange(int((j - i).max()) + 1, device=spans.device)  # shape: (N, L)
-        inside = positions <= j.unsqueeze(1)
-        values = picked[b.unsqueeze(1), positions.clamp(max=picked.shape[1] - 1)]
-        return torch.where(inside, values, values.new_zeros(())).sum(1)
+        return total[b, j + 1] - total[b, i]
 
-    def _merge(self, pieces: WordPieces, units: list[_Unit], item: Any, words: bool) -> TaggedText:
-        """Merge the windows of a long input; score each entity in the window that owns it."""
-        units = sorted(units, key=lambda unit: unit.number)
-        windows = [unit.window for unit in units]
-        merged = batching.merge(pieces, windows, [[(tag, k) for tag in unit.tags] for k, unit in enumerate(units)])
-        tags = [tag for tag, _ in merged]
-        owner = [k for _, k in merged]
+    def _results(self, chunk: _Chunk, word_probs: bool) -> list[TaggedText]:
+        """The chunk's results in input order, from its batches' host arrays: entities of
+        single-window inputs are gathered for the whole chunk at once; multi-window inputs are
+        merged (``_merge``)."""
+        encoded, windows = chunk.encoded, chunk.windows
+        n_items = len(chunk.items)
+        # where each window's row is: batch, row
+        unit_batch = np.zeros(len(windows), np.int64)
+        unit_row = np.zeros(len(windows), np.int64)
+        for b, group in enumerate(chunk.groups):
+            unit_batch[group] = b
+            unit_row[group] = np.arange(len(group))
+        entity_parts = []
+        for b, (group, output) in enumerate(zip(chunk.groups, chunk.outputs)):
+            row, first = np.nonzero(output.starts)
+            keep = ~chunk.multi[group[row]]
+            row, first = row[keep], first[keep]
+            entity_parts.append((windows.item[group[row]], first, output.ends[row, first],
+                                 output.tags[row, first], output.probs[row, first]))
+        merged: dict[int, TaggedText] = {}
+        for n in np.unique(windows.item[chunk.multi]).tolist():
+            units = np.flatnonzero(windows.item == n)
+            merged[n] = self._merge(chunk, n, units[np.argsort(windows.number[units])], unit_batch, unit_row)
+        if entity_parts:
+            item, first, last, label, prob = (np.concatenate(part) for part in zip(*entity_parts))
+        else:
+            item = first = last = label = np.zeros(0, np.int64)
+            prob = np.zeros(0)
+        order = np.lexsort((first, item))
+        item, first, last, label, prob = item[order], first[order], last[order], label[order], prob[order]
+        entities = self._entities(chunk, item, first, last, label, prob)
+        bounds = np.searchsorted(item, np.arange(n_items + 1)).tolist()
+        # each single-window input's row
+        single = np.full(n_items, -1, np.int64)
+        sole = ~chunk.multi
+        single[windows.item[sole]] = np.flatnonzero(sole)
+        names = self.labels
+        outputs = chunk.outputs
+        batch_of, row_of, widths = unit_batch.tolist(), unit_row.tolist(), encoded.word_counts.tolist()
+        results = []
+        for n, u in enumerate(single.tolist()):
+            if u >= 0:
+                output = outputs[batch_of[u]]
+                row, width = row_of[u], widths[n]
+                probs = None if output.word_probs is None else output.word_probs[row, :width]
+                results.append(TaggedText._lazy(entities[bounds[n]:bounds[n + 1]],
+                                                (encoded, n, output.tags[row, :width], names, probs)))
+            elif n in merged:
+                results.append(merged[n])
+            else:
+                results.append(TaggedText([], [], [], [] if word_probs else None))
+        return results
+
+    def _entities(self, chunk: _Chunk, item: np.ndarray, first: np.ndarray, last: np.ndarray,
+                  label: np.ndarray, prob: np.ndarray) -> list[Entity]:
+        """``Entity`` objects for entities given as arrays (input, first and last word within
+        the input, tag id, probability): offsets looked up for all at once."""
+        types = self._rules.types
+        if chunk.words:
+            return [Entity(" ".join(chunk.items[n][i:j + 1]), types[t], i, j + 1, p)
+                    for n, i, j, t, p in zip(item.tolist(), first.tolist(), last.tolist(), label.tolist(),
+                                             prob.tolist())]
+        base = chunk.encoded.word_ptr[item]
+        starts = chunk.encoded.word_chars[base + first, 0].tolist()
+        ends = chunk.encoded.word_chars[base + last, 1].tolist()
+        texts = chunk.items
+        return [Entity(texts[n][a:e], types[t], a, e, p)
+                for n, a, e, t, p in zip(item.tolist(), starts, ends, label.tolist(), prob.tolist())]
+
+    def _merge(self, chunk: _Chunk, n: int, units: np.ndarray, unit_batch: np.ndarray,
+               unit_row: np.ndarray) -> TaggedText:
+        """Merge the windows of a long input (``units``, in order); score each entity in the
+        window that owns it (see the module doc)."""
+        pieces = chunk.encoded.pieces(n)
+        windows = self.tokenizer.windows(pieces)
+        if len(windows) != len(units):
+            raise RuntimeError(f"input {n}: {len(units)} windows batched but windows() gives {len(windows)}")
+        window_tags, window_probs, window_scores = [], [], []
+        for u, window in zip(units.tolist(), windows):
+            output = chunk.outputs[unit_batch[u]]
+            row, width = int(unit_row[u]), len(window.words)
+            window_tags.append(output.tags[row, :width].tolist())
+            window_probs.append(None if output.word_probs is None else output.word_probs[row, :width].tolist())
+            window_scores.append(output.scores[row][:width].cpu())
+        merged = batching.merge(pieces, windows, [[(tag, k, None if probs is None else probs[j])
+                                                   for j, tag in enumerate(tags)]
+                                                  for k, (tags, probs) in enumerate(zip(window_tags, window_probs))])
+        tags = [tag for tag, _, _ in merged]
+        owner = [k for _, k, _ in merged]
+        word_probs = None if window_probs[0] is None else [p for _, _, p in merged]
         tag_tensor = torch.tensor([tags])
         spans, label_ids = self._rules.spans(tag_tensor, torch.ones_like(tag_tensor, dtype=torch.bool))
         # choose a window for each entity and put its span in that window's coordinates
@@ -605,41 +901,90 @@ class Tagger:
         if assigned:
             order = sorted(rows)
             width = max(len(windows[k].words) for k in order)
-            K = units[0].scores.shape[1]
+            K = window_scores[0].shape[1]
             scores = torch.zeros(len(order), width, K)
             mask = torch.zeros(len(order), width, dtype=torch.bool)
             local_tags = torch.full((len(order), width), -1, dtype=torch.long)
             span_rows, targets = [], []
             for row, k in enumerate(order):
-                n = len(windows[k].words)
+                count = len(windows[k].words)
                 offset = windows[k].word_index - pieces.word_index
-                scores[row, :n] = units[k].scores
-                mask[row, :n] = True
-                local_tags[row, :n] = torch.tensor(tags[offset:offset + n])
+                scores[row, :count] = window_scores[k]
+                mask[row, :count] = True
+                local_tags[row, :count] = torch.tensor(tags[offset:offset + count])
                 for first, last, slot in rows[k]:
                     span_rows.append((row, first, last))
                     targets.append(slot)
             device = self.device
-            log_probs = self._span_log_probs(scores.to(device), mask.to(device), local_tags.to(device),
-                                             torch.tensor(span_rows, device=device))
+            with torch.inference_mode():
+                log_probs = self._span_log_probs(scores.to(device), mask.to(device), local_tags.to(device),
+                                                 torch.tensor(span_rows, device=device))
             for slot, prob in zip(targets, log_probs.exp().clamp(max=1.0).cpu().tolist()):
                 probs[slot] = prob
-        entities = [(label, first, last, prob)
-                    for (_, first, last), label, prob in zip(spans.tolist(), label_ids.tolist(), probs)]
-        return self._result(pieces, tags, entities, item, words)
+        spans_list = spans.tolist()
+        entities = self._entities(chunk, np.full(len(spans_list), n, np.int64),
+                                  np.array([s[1] for s in spans_list], np.int64),
+                                  np.array([s[2] for s in spans_list], np.int64), label_ids.numpy(), np.array(probs))
+        names = self.labels
+        return TaggedText(list(pieces.words), [names[t] for t in tags], entities, word_probs)
 
-    def _result(self, pieces: WordPieces, tags: list[int], entities: list[tuple[int, int, int, float]],
-                item: Any, words: bool) -> TaggedText:
-        found = []
-        for label, first, last, prob in entities:
-            kind = self._rules.types[label]
-            if words:
-                found.append(Entity(" ".join(item[first:last + 1]), kind, first, last + 1, prob))
-            else:
-                start, end = pieces.word_offsets[first][0], pieces.word_offsets[last][1]
-                found.append(Entity(item[start:end], kind, start, end, prob))
-        names = [self.labels[t] for t in tags]
-        return TaggedText(list(pieces.words), names, found)
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _Ready:
+    """A finished stand-in for a ``Future`` (the pipeline without a worker thread)."""
+
+    def __init__(self, value: Any):
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+
+def _read_chunks(items: Iterable, words: bool, chunk_size: int) -> Iterator[tuple[list, BaseException | None]]:
+    """``items`` in chunks of ``chunk_size`` (fewer once they hold ``MAX_CHUNK_CHARS``
+    characters), each item checked; a chunk cut short by an error comes with the error (the
+    iterable's, wrapped in a RuntimeError naming the item; ``InputFileError`` as it is; an
+    item's TypeError / ValueError), and is the last."""
+    check = batching.check_words_item if words else batching.check_text
+    iterator = iter(items)
+    index = 0
+    while True:
+        chunk: list = []
+        chars = 0
+        error: BaseException | None = None
+        exhausted = False
+        while len(chunk) < chunk_size and chars < MAX_CHUNK_CHARS:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                exhausted = True
+                break
+            except InputFileError as err:
+                error = err
+                break
+            except Exception as err:
+                error = RuntimeError(f"the input iterable raised at item {index} ({type(err).__name__}): {err}")
+                error.__cause__ = err
+                break
+            try:
+                item = check(index, item)
+            except (TypeError, ValueError) as err:
+                error = err
+                break
+            chunk.append(item)
+            index += 1
+            chars += len(item) if not words else sum(map(len, item))
+        if chunk or error is not None:
+            yield chunk, error
+        if error is not None or exhausted:
+            return
 
 
 # --- file helpers (shared with nertron.engine.distributed) ---------------------------------------
@@ -742,6 +1087,19 @@ def read_lines(path: str | Path, stride: int = 1, offset: int = 0) -> Iterator[s
     return _read_lines(path, stride, offset)
 
 
+def count_lines(path: str | Path) -> int | None:
+    """The number of lines ``read_lines`` will give for ``path`` (None for standard input),
+    counted in binary blocks: a progress bar's total."""
+    if str(path) == "-":
+        return None
+    count, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
 def _read_lines(path: str | Path, stride: int, offset: int) -> Iterator[str]:
     stream = sys.stdin.buffer if str(path) == "-" else None
     handle = stream if stream is not None else open(path, "rb")
@@ -785,11 +1143,15 @@ class _Unclosed(io.TextIOBase):
         self._stream.flush()
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def format_record(text: str, result: TaggedText, format: str) -> str:
     """One input's output record: a JSON line (``jsonl``) or a CoNLL block (``conll``)."""
-    if format == "jsonl":
-        return json.dumps({"text": text, "entities": [e.to_dict() for e in result.entities]},
-                          ensure_ascii=False) + "\n"
+    if format == "jsonl":  # the dicts built directly: dataclasses.asdict deep-copies, 3x slower
+        entities = [{"text": e.text, "label": e.label, "start": e.start, "end": e.end, "score": e.score}
+                    for e in result.entities]
+        return _JSON.encode({"text": text, "entities": entities}) + "\n"
     if format == "conll":
         return "".join(f"{word}\t{tag}\n" for word, tag in zip(result.words, result.tags)) + "\n"
     raise ValueError(f"unknown output format {format!r}; expected jsonl or conll")

@@ -42,10 +42,13 @@ import json
 import re
 import unicodedata
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import chain
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from tokenizers import Encoding, Tokenizer, models, normalizers, pre_tokenizers
 
@@ -57,10 +60,12 @@ __all__ = [
     "CONTINUATION_LABEL",
     "SPECIAL_TOKENS",
     "WordPieces",
+    "Encoded",
     "WordPieceTokenizer",
     "align_labels",
     "merge_subtoken_predictions",
     "merge_windows",
+    "window_bounds",
     "check_words",
 ]
 
@@ -124,6 +129,90 @@ class WordPieces:
         return [start for start, _ in self.word_spans]
 
 
+@dataclass
+class Encoded:
+    """N inputs tokenised in one call, as flat arrays: the tagger's fast path, without a
+    Python object per sub-token or per word (``pieces(n)`` gives one input as ``WordPieces``).
+
+    Input ``n`` has sub-tokens ``token_ptr[n]:token_ptr[n + 1]`` and words
+    ``word_ptr[n]:word_ptr[n + 1]`` of the flat arrays (global indices); a word's sub-tokens
+    run from ``word_first[w]`` to the next word's first (or the input's end). Offsets index
+    ``texts[n]``: the input text, or for word lists the words joined by single spaces.
+
+    Attributes:
+        texts: the N texts.
+        ids: ``(S,)`` int64 sub-token ids, without [CLS]/[SEP].
+        token_chars: ``(S, 2)`` int64 (start, end) character offsets of each sub-token, or
+            None when they were not asked for (``encode_texts(..., offsets=False)``):
+            ``pieces`` then finds those of the one input it is asked for.
+        token_ptr: ``(N + 1,)`` int64.
+        word_chars: ``(V, 2)`` int64 (start, end) character offsets of each word.
+        word_first: ``(V,)`` int64 global index of each word's first sub-token.
+        word_ptr: ``(N + 1,)`` int64.
+        tokens: id -> sub-token string (the tokenizer's inverse vocab), for ``pieces``.
+    """
+
+    texts: list[str]
+    ids: np.ndarray
+    token_chars: np.ndarray | None
+    token_ptr: np.ndarray
+    word_chars: np.ndarray
+    word_first: np.ndarray
+    word_ptr: np.ndarray
+    tokens: Sequence[str]
+    backend: Tokenizer | None = None  # re-encodes one text for its offsets (token_chars None)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # per-chunk results of users
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """``(N,)`` sub-tokens per input."""
+        return np.diff(self.token_ptr)
+
+    @property
+    def word_counts(self) -> np.ndarray:
+        """``(N,)`` words per input."""
+        return np.diff(self.word_ptr)
+
+    @cached_property
+    def word_item(self) -> np.ndarray:
+        """``(V,)`` the input of each word."""
+        return np.repeat(np.arange(len(self.texts)), self.word_counts)
+
+    def words(self, n: int) -> list[str]:
+        """The words of input ``n`` (slices of its text)."""
+        text = self.texts[n]
+        return [text[a:b] for a, b in self.word_chars[self.word_ptr[n]:self.word_ptr[n + 1]].tolist()]
+
+    def _token_offsets(self, n: int, t0: int, t1: int) -> list[tuple[int, int]]:
+        if self.token_chars is not None:
+            return [tuple(pair) for pair in self.token_chars[t0:t1].tolist()]
+        encoding = self.backend.encode(self.texts[n], add_special_tokens=False)
+        if encoding.ids != self.ids[t0:t1].tolist():
+            raise RuntimeError(f"input {n} tokenised differently on a second pass")
+        return list(encoding.offsets)
+
+    def pieces(self, n: int) -> WordPieces:
+        """Input ``n`` as ``WordPieces`` (equal to ``encode_text`` / ``encode_words`` of it)."""
+        t0, t1 = int(self.token_ptr[n]), int(self.token_ptr[n + 1])
+        w0, w1 = int(self.word_ptr[n]), int(self.word_ptr[n + 1])
+        ids = self.ids[t0:t1].tolist()
+        starts = (self.word_first[w0:w1] - t0).tolist()
+        word_offsets = [tuple(pair) for pair in self.word_chars[w0:w1].tolist()]
+        text = self.texts[n]
+        return WordPieces(
+            words=[text[a:b] for a, b in word_offsets],
+            word_offsets=word_offsets,
+            tokens=[self.tokens[i] for i in ids],
+            input_ids=ids,
+            word_spans=list(zip(starts, starts[1:] + [t1 - t0])),
+            token_offsets=self._token_offsets(n, t0, t1),
+            text=text,
+        )
+
+
 # --- the tokenizer --------------------------------------------------------------------------------
 
 
@@ -178,7 +267,12 @@ class WordPieceTokenizer:
             lowercase=self.do_lower_case,
         )
         self._backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        self._char_classes: dict[str, str] = {}  # cache for split_text
+        self._id_tokens: list[str] = [UNK] * self.vocab_size  # id -> sub-token, for Encoded.pieces
+        for token, index in self.vocab.items():
+            self._id_tokens[index] = token
+        # WordPiece continuations (a pre-token's first piece never starts with ##: # is punctuation)
+        self._continuation = np.array([token.startswith("##") for token in self._id_tokens], bool)
+        self._bert_classes = _BertClasses(self._backend.normalizer)
 
     @property
     def vocab_size(self) -> int:
@@ -270,8 +364,7 @@ class WordPieceTokenizer:
             TypeError: ``words`` is a str or holds a non-str.
         """
         check_words(words)
-        encoding = self._backend.encode(list(words), is_pretokenized=True, add_special_tokens=False)
-        return self._assemble(list(words), _joined_offsets(words), " ".join(words), encoding)
+        return self.encode_word_lists([list(words)]).pieces(0)
 
     def encode_words_batch(self, sentences: Sequence[Sequence[str]]) -> list[WordPieces]:
         """``encode_words`` for many sentences at once (one ``encode_batch`` call, parallel in Rust).
@@ -285,13 +378,48 @@ class WordPieceTokenizer:
         if isinstance(sentences, str):
             raise TypeError("encode_words_batch takes a list of word lists, not a str")
         sentences = [list(check_words(words, f"sentence {n}: ")) for n, words in enumerate(sentences)]
-        if not sentences:
-            return []
-        encodings = self._backend.encode_batch(sentences, is_pretokenized=True, add_special_tokens=False)
-        return [
-            self._assemble(words, _joined_offsets(words), " ".join(words), encoding)
-            for words, encoding in zip(sentences, encodings)
-        ]
+        encoded = self.encode_word_lists(sentences)
+        return [encoded.pieces(n) for n in range(len(sentences))]
+
+    def encode_word_lists(self, sentences: Sequence[Sequence[str]]) -> Encoded:
+        """Pre-split sentences (already checked: lists of non-empty str) as one ``Encoded``,
+        in one ``encode_batch`` call. A word the normaliser empties becomes one ``[UNK]``
+        spanning the word; an empty list is an input without words."""
+        sentences = [words if isinstance(words, list) else list(words) for words in sentences]
+        texts = [" ".join(words) for words in sentences]
+        counts = np.fromiter((len(words) for words in sentences), np.int64, len(sentences))
+        word_ptr = _pointers(counts)
+        # character offsets of the words in their joined text
+        lengths = np.fromiter((len(word) for word in chain.from_iterable(sentences)), np.int64, int(word_ptr[-1]))
+        ends = np.cumsum(lengths + 1) - 1
+        starts = ends - lengths
+        starts -= np.repeat(starts[word_ptr[:-1][counts > 0]], counts[counts > 0])
+        word_chars = np.stack([starts, starts + lengths], 1)
+        present = [n for n, words in enumerate(sentences) if words]
+        encodings = self._backend.encode_batch([sentences[n] for n in present], is_pretokenized=True,
+                                               add_special_tokens=False) if present else []
+        token_counts = np.zeros(len(sentences), np.int64)
+        token_counts[present] = [len(encoding) for encoding in encodings]
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
+        chars = _offsets(encodings, len(ids))
+        # a pre-tokenised encoding's word ids and offsets are relative to its sentence / word
+        local = np.fromiter(chain.from_iterable(e.word_ids for e in encodings), np.int64, len(ids))
+        token_word = local + np.repeat(word_ptr[:-1], token_counts)
+        chars += word_chars[token_word, :1]
+        per_word = np.bincount(token_word, minlength=len(word_chars))
+        if (per_word == 0).any():
+            # emptied words: one [UNK] each, so that word (and label) counts never change
+            slots = np.maximum(per_word, 1)
+            old_first = _pointers(per_word)[:-1]
+            where = _pointers(slots)[:-1][token_word] + np.arange(len(ids)) - old_first[token_word]
+            new_ids = np.full(int(slots.sum()), self.unk_token_id, np.int64)
+            new_chars = np.repeat(word_chars, slots, 0)
+            new_ids[where], new_chars[where] = ids, chars
+            ids, chars, per_word = new_ids, new_chars, slots
+            token_counts = np.bincount(np.repeat(np.arange(len(sentences)), counts), weights=slots,
+                                       minlength=len(sentences)).astype(np.int64)
+        return Encoded(texts, ids, chars, _pointers(token_counts), word_chars, _pointers(per_word)[:-1], word_ptr,
+                       self._id_tokens)
 
     def encode_text(self, text: str) -> WordPieces:
         """Tokenise raw text, splitting it into words first (see ``split_text``).
@@ -337,15 +465,86 @@ class WordPieceTokenizer:
         for n, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {n}: encode_text_batch takes str, got {type(text).__name__}")
-        splits = [self.split_text(text) for text in texts]
-        word_lists = [[text[a:b] for a, b in offsets] for text, offsets in zip(texts, splits)]
-        present = [n for n, words in enumerate(word_lists) if words]
-        encodings = self._backend.encode_batch([word_lists[n] for n in present], is_pretokenized=True,
-                                               add_special_tokens=False) if present else []
-        result = [WordPieces([], [], [], [], [], [], text) for text in texts]
-        for n, encoding in zip(present, encodings):
-            result[n] = self._assemble(word_lists[n], splits[n], texts[n], encoding, drop_empty=True)
-        return result
+        encoded = self.encode_texts(texts, offsets=True)
+        return [encoded.pieces(n) for n in range(len(texts))]
+
+    def encode_texts(self, texts: Sequence[str], offsets: bool = False) -> Encoded:
+        """Raw texts (already checked: str encodable as UTF-8) as one ``Encoded``.
+
+        Each text is tokenised whole, all in one ``encode_batch`` call (so the ids are BERT's
+        for the text); its words are ``split_text``'s, found by one regular-expression pass
+        over all the texts. A run of characters the normaliser removes has no sub-token and
+        is no word.
+
+        Each sub-token belongs to the word holding its BERT pre-token (the run of the text the
+        pre-tokeniser made one piece). Without ``offsets`` the sub-tokens' character offsets
+        are not computed (``encode_batch_fast``, a fifth of the tokeniser's time): a pre-token
+        starts at each sub-token that is not a ``##`` continuation, and the pre-tokens' places
+        in the text come from the normaliser's and pre-tokeniser's class of each character
+        (asked of them once per character, as ``split_text`` does). A text with a character
+        whose class that cannot tell, or whose pre-token count disagrees (never seen; checked
+        for every text), is encoded with offsets instead.
+
+        Args:
+            texts: N texts.
+            offsets: also the sub-tokens' character offsets (``Encoded.token_chars``).
+        """
+        texts = texts if isinstance(texts, list) else list(texts)
+        word_item, word_chars = _split_words(texts)
+        base = _pointers(np.fromiter((len(text) + 1 for text in texts), np.int64, len(texts)))[:-1]
+        word_start = base[word_item] + word_chars[:, 0]  # in the texts joined by newlines
+        if offsets or not texts:
+            encodings = self._backend.encode_batch(texts, add_special_tokens=False) if texts else []
+            token_counts = np.fromiter((len(encoding) for encoding in encodings), np.int64, len(texts))
+            ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
+            chars = _offsets(encodings, len(ids))
+            token_item = np.repeat(np.arange(len(texts)), token_counts)
+            token_start = base[token_item] + chars[:, 0]
+            token_end = base[token_item] + chars[:, 1]
+        else:
+            encodings = self._backend.encode_batch_fast(texts, add_special_tokens=False)
+            token_counts = np.fromiter((len(encoding) for encoding in encodings), np.int64, len(texts))
+            ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
+            token_item = np.repeat(np.arange(len(texts)), token_counts)
+            located = self._pre_token_starts(texts, ids, token_item)
+            if located is None:
+                return self.encode_texts(texts, offsets=True)
+            token_start, token_end, chars = located, None, None
+        token_word = np.searchsorted(word_start, token_start, "right") - 1
+        if len(ids) and ((token_word < 0).any() or (word_item[token_word] != token_item).any()
+                         or (token_end is not None and (token_end > word_start[token_word]
+                                                        + word_chars[token_word, 1] - word_chars[token_word, 0]).any())):
+            # split_text's word boundaries are BERT pre-token boundaries by construction
+            raise RuntimeError("a sub-token crosses a word boundary: tokenizers' BERT pre-tokeniser and "
+                               "split_text disagree")
+        per_word = np.bincount(token_word, minlength=len(word_chars))
+        kept = per_word > 0  # a run of removed characters alone is no word
+        word_item, word_chars, per_word = word_item[kept], word_chars[kept], per_word[kept]
+        word_ptr = _pointers(np.bincount(word_item, minlength=len(texts)))
+        return Encoded(texts, ids, chars, _pointers(token_counts), word_chars, _pointers(per_word)[:-1], word_ptr,
+                       self._id_tokens, self._backend)
+
+    def _pre_token_starts(self, texts: list[str], ids: np.ndarray, token_item: np.ndarray) -> np.ndarray | None:
+        """Where each sub-token's BERT pre-token starts, in the texts joined by newlines; None
+        if a character's class is unknown or a text's pre-token count disagrees."""
+        classes = np.frombuffer("\n".join(texts).translate(self._bert_classes).encode("ascii"), np.uint8)
+        if (classes == _MIXED).any():
+            return None
+        kept = np.flatnonzero(classes != _REMOVED)  # removed characters join what is around them
+        kind = classes[kept]
+        previous = np.empty_like(kind)
+        previous[:1] = _SPACE
+        previous[1:] = kind[:-1]
+        starts = kept[(kind == _PIECE) | ((kind == _WORD) & (previous != _WORD))]  # shape: (P,)
+        first = ~self._continuation[ids]  # a sub-token that starts a pre-token
+        if len(texts) > 1:
+            text_starts = _pointers(np.fromiter((len(text) + 1 for text in texts), np.int64, len(texts)))[:-1]
+            expected = np.bincount(np.searchsorted(text_starts, starts, "right") - 1, minlength=len(texts))
+        else:
+            expected = np.array([len(starts)])
+        if not np.array_equal(expected, np.bincount(token_item[first], minlength=len(texts))):
+            return None
+        return starts[np.cumsum(first) - 1]
 
     def split_text(self, text: str) -> list[tuple[int, int]]:
         """Split raw text into CoNLL-like words; return their (start, end) character offsets.
@@ -363,83 +562,7 @@ class WordPieceTokenizer:
         Returns:
             (start, end) offsets of the words, in order.
         """
-        shadow = "".join(self._char_class(char) for char in text)
-        offsets = []
-        for match in _WORD_PATTERN.finditer(shadow):
-            # Characters the normaliser removes belong to no word's edge (nor form a word).
-            start, end = match.span()
-            core = match.group().strip("z")
-            if core:
-                start += len(match.group()) - len(match.group().lstrip("z"))
-                offsets.append((start, start + len(core)))
-        return offsets
-
-    def _char_class(self, char: str) -> str:
-        """One ASCII stand-in per character, so that one regex splits text of any script.
-
-        ' ' whitespace; 'a' letter or other word character; 'z' a character the normaliser
-        removes (control, zero-width: part of a word as in BERT, but never at its edges);
-        's' the letter s (for possessive 's);
-        '0' decimal digit; the punctuation marks - . , : / ' as themselves (’ as '); '!' any
-        other punctuation. Whitespace and punctuation are what BERT's normaliser and
-        pre-tokeniser treat as such, found by asking them (cached per character).
-        """
-        cls = self._char_classes.get(char)
-        if cls is not None:
-            return cls
-        cleaned = _CLEANER.normalize_str(char)
-        if cleaned == "":
-            cls = "z"
-        elif cleaned.strip() == "":
-            cls = " "
-        elif len(_PRE_TOKENIZER.pre_tokenize_str("a" + char + "a")) == 3:
-            cls = "'" if char == "\u2019" else char if char in "-.,:/'" else "!"
-        elif unicodedata.category(char) == "Nd":
-            cls = "0"
-        elif char in "sS":
-            cls = "s"
-        else:
-            cls = "a"
-        self._char_classes[char] = cls
-        return cls
-
-    def _assemble(
-        self,
-        words: list[str],
-        word_offsets: list[tuple[int, int]],
-        text: str,
-        encoding: Encoding,
-        drop_empty: bool = False,
-    ) -> WordPieces:
-        """Group an ``is_pretokenized`` encoding's sub-tokens by word (``word_ids``).
-
-        Offsets of a pre-tokenised encoding are relative to each word; they are shifted to
-        ``text``. A word with no sub-token gets one [UNK] (or is dropped with ``drop_empty``).
-        """
-        ids, tokens, offsets, word_ids = encoding.ids, encoding.tokens, encoding.offsets, encoding.word_ids
-        out_words, out_offsets, out_ids, out_tokens, out_token_offsets, spans = [], [], [], [], [], []
-        j, n = 0, len(ids)
-        for w, (word, (start, end)) in enumerate(zip(words, word_offsets)):
-            first = len(out_ids)
-            while j < n and word_ids[j] == w:
-                a, b = offsets[j]
-                out_ids.append(ids[j])
-                out_tokens.append(tokens[j])
-                out_token_offsets.append((start + a, start + b))
-                j += 1
-            if len(out_ids) == first:
-                if drop_empty:
-                    continue
-                # Emptied by the normaliser: keep the word (labels stay aligned) as one [UNK].
-                out_ids.append(self.unk_token_id)
-                out_tokens.append(UNK)
-                out_token_offsets.append((start, end))
-            out_words.append(word)
-            out_offsets.append((start, end))
-            spans.append((first, len(out_ids)))
-        if j != n:  # word_ids not grouped in order: a tokenizers behaviour this module relies on changed
-            raise RuntimeError(f"tokenizers returned sub-tokens out of word order ({n - j} left unassigned)")
-        return WordPieces(out_words, out_offsets, out_tokens, out_ids, spans, out_token_offsets, text)
+        return [(a, b) for a, b in _split_words([text])[1].tolist()]
 
     # --- model input --------------------------------------------------------------------------------
 
@@ -515,30 +638,43 @@ class WordPieceTokenizer:
         total = len(pieces.input_ids)
         if total <= size:
             return [pieces]
-        bounds = pieces.word_starts + [total]  # sub-token indices where a word starts (and the end)
         word_of_token = pieces.word_ids
-        result: list[WordPieces] = []
-        start = 0
-        while True:
-            limit = start + size
-            if limit >= total:
-                end = total
-            else:
-                end = bounds[bisect_right(bounds, limit) - 1]  # last word boundary that fits
-                if end <= start:
-                    end = limit  # one word longer than a window: cut it
-            result.append(_slice(pieces, start, end, word_of_token))
-            if end == total:
-                return result
-            wanted = end - stride
-            following = bounds[max(bisect_right(bounds, wanted) - 1, 0)]  # overlap >= stride, whole words
-            if following <= start:
-                # No whole-word start leaves that much overlap (long words): start at the
-                # window's second word (less overlap, whole words; none if the window is one
-                # word), or, after a cut inside a word, `stride` sub-tokens before the cut.
-                second = bounds[bisect_right(bounds, start)]
-                following = second if second <= end else wanted
-            start = following
+        return [_slice(pieces, start, end, word_of_token)
+                for start, end in window_bounds(pieces.word_starts, total, size, stride)]
+
+
+def window_bounds(word_starts: Sequence[int], total: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """The sub-token ranges ``[start, end)`` of ``WordPieceTokenizer.windows`` (see there).
+
+    Args:
+        word_starts: the first sub-token of each word, ascending, from 0; total: sub-tokens;
+        size: sub-tokens per window (positions minus [CLS]/[SEP]); stride: wanted overlap.
+    """
+    if total <= size:
+        return [(0, total)]
+    bounds = list(word_starts) + [total]  # sub-token indices where a word starts (and the end)
+    result: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        limit = start + size
+        if limit >= total:
+            end = total
+        else:
+            end = bounds[bisect_right(bounds, limit) - 1]  # last word boundary that fits
+            if end <= start:
+                end = limit  # one word longer than a window: cut it
+        result.append((start, end))
+        if end == total:
+            return result
+        wanted = end - stride
+        following = bounds[max(bisect_right(bounds, wanted) - 1, 0)]  # overlap >= stride, whole words
+        if following <= start:
+            # No whole-word start leaves that much overlap (long words): start at the
+            # window's second word (less overlap, whole words; none if the window is one
+            # word), or, after a cut inside a word, `stride` sub-tokens before the cut.
+            second = bounds[bisect_right(bounds, start)]
+            following = second if second <= end else wanted
+        start = following
 
 
 def _slice(pieces: WordPieces, start: int, end: int, word_of_token: list[int]) -> WordPieces:
@@ -670,7 +806,7 @@ def merge_windows(
 
 # --- helpers --------------------------------------------------------------------------------------
 
-# split_text's word pattern, over the one-character-per-character stand-ins of _char_class:
+# split_text's word pattern, over the one-character-per-character stand-ins of _CharClasses:
 # letter abbreviations (U.S.), a possessive 's, a word with inner hyphens / apostrophes and
 # digit-separating . , : / (1996-08-22, O'Neill, 3.5), else one non-space character.
 _RUN = "[a0sz]"
@@ -684,6 +820,114 @@ _WORD_PATTERN = re.compile(
 # classify characters exactly as BERT does.
 _CLEANER = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False, strip_accents=False, lowercase=False)
 _PRE_TOKENIZER = pre_tokenizers.BertPreTokenizer()
+
+
+class _CharClasses(dict):
+    """ord -> ord of the character's class (``str.translate`` table), filled on first sight.
+
+    ' ' whitespace; 'a' letter or other word character; 'z' a character the normaliser
+    removes (control, zero-width: part of a word as in BERT, but never at its edges); 's' the
+    letter s (for possessive 's); '0' decimal digit; the punctuation marks - . , : / ' as
+    themselves (’ as '); '!' any other punctuation. Whitespace and punctuation are what BERT's
+    normaliser and pre-tokeniser treat as such, found by asking them.
+    """
+
+    def __missing__(self, code: int) -> int:
+        char = chr(code)
+        cleaned = _CLEANER.normalize_str(char)
+        if cleaned == "":
+            cls = "z"
+        elif cleaned.strip() == "":
+            cls = " "
+        elif len(_PRE_TOKENIZER.pre_tokenize_str("a" + char + "a")) == 3:
+            cls = "'" if char == "\u2019" else char if char in "-.,:/'" else "!"
+        elif unicodedata.category(char) == "Nd":
+            cls = "0"
+        elif char in "sS":
+            cls = "s"
+        else:
+            cls = "a"
+        self[code] = ord(cls)
+        return ord(cls)
+
+
+_CHAR_CLASSES = _CharClasses()
+
+_REMOVED, _SPACE, _PIECE, _WORD, _MIXED = (ord(c) for c in "z pw?")
+
+
+class _BertClasses(dict):
+    """ord -> what one tokenizer's full BERT normaliser and pre-tokeniser make of the
+    character (a ``str.translate`` table, filled on first sight): 'z' removed, ' ' whitespace,
+    'p' a pre-token of its own (punctuation, a CJK character), 'w' part of a word, '?' none of
+    these alone (it normalises to several kinds of character)."""
+
+    def __init__(self, normalizer: Any):
+        super().__init__()
+        self._normalizer = normalizer
+
+    def __missing__(self, code: int) -> int:
+        normalized = self._normalizer.normalize_str(chr(code))
+        core = normalized.strip()
+        if normalized == "":
+            cls = _REMOVED
+        elif core == "":
+            cls = _SPACE
+        else:
+            pieces = [piece for piece, _ in _PRE_TOKENIZER.pre_tokenize_str("a" + normalized + "a")]
+            if pieces == ["a" + normalized + "a"]:
+                cls = _WORD
+            elif pieces == ["a", core, "a"] and len(core) == 1:
+                cls = _PIECE
+            else:
+                cls = _MIXED
+        self[code] = cls
+        return cls
+# the word pattern with a group: re.split then returns gaps and words alternately, as strings,
+# whose lengths give the offsets without a match object per word
+_WORD_SPLITTER = re.compile(f"({_WORD_PATTERN.pattern})")
+
+
+def _split_words(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``split_text`` of N texts at once: ``(V,)`` the text of each word, ``(V, 2)`` its
+    (start, end) character offsets in that text.
+
+    The texts are joined by a newline (whitespace: no word crosses it) and their character
+    classes mapped in one ``str.translate``; one ``re.split`` finds every word.
+    """
+    shadow = "\n".join(texts).translate(_CHAR_CLASSES)
+    parts = _WORD_SPLITTER.split(shadow)
+    bounds = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)))
+    starts, ends = bounds[::2][:-1], bounds[1::2]
+    classes = np.frombuffer(shadow.encode("ascii"), np.uint8)
+    removed = ord("z")
+    if len(starts) and ((classes[starts] == removed) | (classes[ends - 1] == removed)).any():
+        # characters the normaliser removes belong to no word's edge (nor form a word alone)
+        keep = np.ones(len(starts), bool)
+        for k in np.flatnonzero((classes[starts] == removed) | (classes[ends - 1] == removed)).tolist():
+            word = parts[2 * k + 1]
+            core = word.strip("z")
+            keep[k] = bool(core)
+            starts[k] += len(word) - len(word.lstrip("z"))
+            ends[k] = starts[k] + len(core)
+        starts, ends = starts[keep], ends[keep]
+    text_starts = _pointers(np.fromiter((len(text) + 1 for text in texts), np.int64, len(texts)))[:-1]
+    item = np.searchsorted(text_starts, starts, "right") - 1
+    offset = text_starts[item]
+    return item, np.stack([starts - offset, ends - offset], 1)
+
+
+def _pointers(counts: np.ndarray) -> np.ndarray:
+    """``(N + 1,)`` int64 prefix sums of ``counts``, from 0: where each of N runs starts (and the end)."""
+    pointers = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=pointers[1:])
+    return pointers
+
+
+def _offsets(encodings: Sequence[Encoding], total: int) -> np.ndarray:
+    """``(total, 2)`` int64: the character offsets of all the encodings' sub-tokens."""
+    flat = chain.from_iterable(chain.from_iterable(encoding.offsets for encoding in encodings))
+    return np.fromiter(flat, np.int64, 2 * total).reshape(total, 2)
 
 
 def check_words(words: Any, where: str = "", allow_empty: bool = False) -> Sequence[str]:
@@ -706,15 +950,6 @@ def check_words(words: Any, where: str = "", allow_empty: bool = False) -> Seque
         if not word:
             raise ValueError(f"{where}word {i} is an empty string")
     return words
-
-
-def _joined_offsets(words: Sequence[str]) -> list[tuple[int, int]]:
-    """Character offsets of the words in ``" ".join(words)``."""
-    offsets, position = [], 0
-    for word in words:
-        offsets.append((position, position + len(word)))
-        position += len(word) + 1
-    return offsets
 
 
 def _as_list(values: Any, name: str) -> list:

@@ -80,8 +80,11 @@ class NerData:
         seed: int = 0,
         intent_vocab: IntentVocab | None = None,
         unseen_labels: str = "error",
+        casing: str = "none",
     ):
         self.tokenizer = tokenizer
+        # the casing inputs the model reads (its ``config.casing``; ``NerLearner`` sets it)
+        self.casing = casing
         self.unseen_labels = unseen_labels
         self.vocab = vocab
         self.tag_scheme = tag_scheme
@@ -261,9 +264,10 @@ class NerData:
         return [(self.collate(group), group) for group in groups]
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        """Pad a group of examples: sub-token inputs (B, T) and word-level index/mask/labels (B, W)."""
+        """Pad a group of examples: sub-token inputs (B, T) and word-level index/mask/labels (B, W),
+        and the casing inputs of ``self.casing`` from the examples' original words."""
         return batching.collate(self.tokenizer, [e.window for e in examples], [e.labels for e in examples],
-                                [e.intent for e in examples])
+                                [e.intent for e in examples], casing=self.casing)
 
     def merge(self, examples: list[Example], window_tags: dict[int, list[int]]) -> list[list[int]]:
         """Per-window word predictions -> one prediction per word of each sentence."""
