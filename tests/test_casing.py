@@ -3,7 +3,6 @@ character ids computed from the original words (never the lower-cased sub-tokens
 by the one batching path, read by every head, saved and reloaded, equal on the cached and the
 uncased paths, and the frozen BERT kept in eval mode while the head trains."""
 import json
-import shutil
 
 import pytest
 import torch

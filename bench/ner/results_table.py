@@ -31,7 +31,9 @@ FACTRUEVAL_NOTE = (
     "devset, 4.9 on testset, against 1.25 on CoNLL-2003 eng.testb), so BERT sees letter sequences "
     "without word meaning (no Russian pre-training), and the corpus has 1,769 training sentences. "
     "The casing features read the original Cyrillic words (capitals kept; the character CNN's ids "
-    "keep Cyrillic letters apart): the tuning rows below compare casing none / shape / chars on it."
+    "keep Cyrillic letters apart), which BERT cannot: the tuning rows `exp_fre/none` and "
+    "`exp_fre/shape` (the same command with `--casing none` / `shape`) against the FactRuEval row "
+    "above (`chars`) show what the word shapes and the character CNN each add."
 )
 
 
@@ -74,13 +76,19 @@ def collect(runs: Path, previous: list[dict] | None = None) -> list[dict]:
 
 
 def collect_tuning(runs: Path) -> list[dict]:
-    """The runs under ``runs/exp*/<name>/`` (each with results.json), by directory and name."""
+    """The runs under ``runs/exp*/<name>/`` (each with results.json), by directory and name; the
+    one the shipped default model was trained by (its provenance.json's command) is marked."""
+    from nertron.engine.tagger import DEFAULT_MODEL_DIR
+
+    provenance = DEFAULT_MODEL_DIR / "provenance.json"
+    shipped = json.loads(provenance.read_text()).get("trained_with") if provenance.is_file() else None
     rows = []
     for group in sorted(p for p in runs.glob("exp*") if p.is_dir()):
         for run in sorted(p for p in group.iterdir() if (p / "results.json").is_file()):
             command = (run / "command.txt").read_text() if (run / "command.txt").is_file() else ""
             corpus = next((c for c in CORPORA if f"--format {c}" in command), "?")
-            rows.append({"run": f"{group.name}/{run.name}", "corpus": corpus, **_run_row(run)})
+            rows.append({"run": f"{group.name}/{run.name}", "corpus": corpus, **_run_row(run),
+                         "shipped": bool(shipped) and command.strip() == shipped})
     return rows
 
 
@@ -108,10 +116,13 @@ def markdown(rows: list[dict], tuning: list[dict], meta: dict) -> str:
     lines += ["", FACTRUEVAL_NOTE]
     if tuning:
         lines += ["", "## Tuning runs (BertBiLSTMAttnCRF; chosen on the dev set only)", "",
+                  "BERT `fine-tuned`: `--fine-tune`, BERT trained at `--bert-lr` beside the head at `--lr`, "
+                  "without the feature cache (every epoch runs BERT forward and backward; train s is then "
+                  "mostly BERT).", "",
                   "| run | corpus | casing | enc hidden | BERT | epochs (best) | dev span F1 | test span F1 | train s |",
                   "|---|---|---|---:|---|---:|---:|---:|---:|"]
         for r in tuning:
-            lines.append(f"| {r['run']} | {r['corpus']} | {r['casing']} | {r['enc_hidden_dim']} | "
+            lines.append(f"| {r['run']}{' (shipped default)' if r['shipped'] else ''} | {r['corpus']} | {r['casing']} | {r['enc_hidden_dim']} | "
                          f"{'fine-tuned' if r['fine_tuned'] else 'frozen'} | {r['epochs']} ({r['best_epoch']}) | "
                          f"{fmt(r['valid_span_f1'])} | {fmt(r['test_span_f1'])} | {r['train_seconds']:.0f} |")
     lines += ["", "Commands (`bash bench/ner/train_all.sh` runs the first table's; rows from the earlier "

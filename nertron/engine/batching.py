@@ -52,6 +52,8 @@ def check_text(index: int, text: Any) -> str:
     """``text`` if it is a str encodable as UTF-8; else TypeError / ValueError naming item ``index``."""
     if not isinstance(text, str):
         raise TypeError(f"item {index} is {type(text).__name__}, not str: {text!r:.80}")
+    if text.isascii():  # no surrogate possible: skip the encoding
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
@@ -141,18 +143,23 @@ def bucket(lengths: Sequence[int], budget: int, max_batch_size: int | None = Non
     Returns:
         Batches of indices into ``lengths``, shortest first; every index exactly once.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random() if rng is not None else i))
+    if rng is None:  # by length, ties in index order
+        order = np.argsort(np.asarray(lengths, np.int64), kind="stable").tolist()
+    else:
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
     groups: list[list[int]] = []
     current: list[int] = []
     longest = 0
+    cap = len(lengths) + 1 if max_batch_size is None else max_batch_size
     for i in order:
         length = lengths[i] + SPECIAL_TOKENS_PER_ROW
-        if current and (max(longest, length) * (len(current) + 1) > budget
-                        or (max_batch_size is not None and len(current) >= max_batch_size)):
+        if current and ((longest if longest > length else length) * (len(current) + 1) > budget
+                        or len(current) >= cap):
             groups.append(current)
             current, longest = [], 0
         current.append(i)
-        longest = max(longest, length)
+        if length > longest:
+            longest = length
     if current:
         groups.append(current)
     return groups

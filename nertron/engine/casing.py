@@ -191,9 +191,8 @@ class WordCasing(NamedTuple):
     into batches by ``flat_casing_tensors``."""
 
     shape: np.ndarray  # (V,) int64: shape id of each word as a non-first word
-    start: np.ndarray  # (V,) int64: where each word's characters start in ``codes``
     length: np.ndarray  # (V,) int64: its length in characters
-    codes: np.ndarray  # (characters,) int64: the char ids (``char_id``) of the texts joined by newlines
+    chars: np.ndarray  # (V, MAX_CHARS) int64: its first MAX_CHARS char ids (``char_id``), 0 after its end
 
 
 def word_casing(texts: Sequence[str], word_chars: np.ndarray, word_item: np.ndarray) -> WordCasing:
@@ -230,7 +229,11 @@ def word_casing(texts: Sequence[str], word_chars: np.ndarray, word_item: np.ndar
         [_SHAPE_CODE[s] for s in ("alnum", "lower", "upper", "title", "mixed", "number", "other", "punct")],
         _SHAPE_CODE["other"])
     codes = 1 + np.frombuffer(joined.encode("utf-32-le"), np.uint32).astype(np.int64) % (CHAR_BUCKETS - 1)
-    return WordCasing(shape, start, length, codes)
+    # every word's first MAX_CHARS char ids, 0 beyond its end: shape (V, MAX_CHARS)
+    column = np.arange(MAX_CHARS)
+    chars = np.where(column < length[:, None], codes[np.minimum(start[:, None] + column, len(codes) - 1)], 0) \
+        if len(codes) else np.zeros((len(start), MAX_CHARS), np.int64)
+    return WordCasing(shape, length, chars)
 
 
 def flat_casing_tensors(words: WordCasing, rows: np.ndarray, casing: str) -> dict[str, torch.Tensor]:
@@ -262,11 +265,8 @@ def flat_casing_tensors(words: WordCasing, rows: np.ndarray, casing: str) -> dic
     shapes[(np.arange(B) * W)[starts_input]] += 1  # the first word of its input
     out = {"word_shapes": torch.from_numpy(shapes.reshape(B, W))}
     if casing == "chars":
-        cut = np.minimum(words.length[word], MAX_CHARS)
-        C = max(int(cut.max()) if len(cut) else 0, 1)
-        column = np.arange(C)
-        inside = column < cut[:, None]  # shape: (words, C)
+        C = max(min(int(words.length[word].max()) if len(word) else 0, MAX_CHARS), 1)
         grid = np.zeros((B * W, C), np.int64)
-        grid[np.repeat(slot, cut), np.nonzero(inside)[1]] = words.codes[(words.start[word, None] + column)[inside]]
+        grid[slot] = words.chars[word, :C]
         out["word_chars"] = torch.from_numpy(grid.reshape(B, W, C))
     return out

@@ -490,12 +490,12 @@ class WordPieceTokenizer:
             offsets: also the sub-tokens' character offsets (``Encoded.token_chars``).
         """
         texts = texts if isinstance(texts, list) else list(texts)
-        word_item, word_chars = _split_words(texts)
-        base = _pointers(np.fromiter((len(text) + 1 for text in texts), np.int64, len(texts)))[:-1]
+        base = _pointers(np.fromiter(map(len, texts), np.int64, len(texts)) + 1)[:-1]  # text n in the joined texts
+        word_item, word_chars = _split_words(texts, base)
         word_start = base[word_item] + word_chars[:, 0]  # in the texts joined by newlines
         if offsets or not texts:
             encodings = self._backend.encode_batch(texts, add_special_tokens=False) if texts else []
-            token_counts = np.fromiter((len(encoding) for encoding in encodings), np.int64, len(texts))
+            token_counts = np.fromiter(map(len, encodings), np.int64, len(texts))
             ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
             chars = _offsets(encodings, len(ids))
             token_item = np.repeat(np.arange(len(texts)), token_counts)
@@ -503,10 +503,10 @@ class WordPieceTokenizer:
             token_end = base[token_item] + chars[:, 1]
         else:
             encodings = self._backend.encode_batch_fast(texts, add_special_tokens=False)
-            token_counts = np.fromiter((len(encoding) for encoding in encodings), np.int64, len(texts))
+            token_counts = np.fromiter(map(len, encodings), np.int64, len(texts))
             ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
             token_item = np.repeat(np.arange(len(texts)), token_counts)
-            located = self._pre_token_starts(texts, ids, token_item)
+            located = self._pre_token_starts(texts, base, ids, token_item)
             if located is None:
                 return self.encode_texts(texts, offsets=True)
             token_start, token_end, chars = located, None, None
@@ -524,7 +524,8 @@ class WordPieceTokenizer:
         return Encoded(texts, ids, chars, _pointers(token_counts), word_chars, _pointers(per_word)[:-1], word_ptr,
                        self._id_tokens, self._backend)
 
-    def _pre_token_starts(self, texts: list[str], ids: np.ndarray, token_item: np.ndarray) -> np.ndarray | None:
+    def _pre_token_starts(self, texts: list[str], base: np.ndarray, ids: np.ndarray,
+                          token_item: np.ndarray) -> np.ndarray | None:
         """Where each sub-token's BERT pre-token starts, in the texts joined by newlines; None
         if a character's class is unknown or a text's pre-token count disagrees."""
         classes = np.frombuffer("\n".join(texts).translate(self._bert_classes).encode("ascii"), np.uint8)
@@ -538,8 +539,7 @@ class WordPieceTokenizer:
         starts = kept[(kind == _PIECE) | ((kind == _WORD) & (previous != _WORD))]  # shape: (P,)
         first = ~self._continuation[ids]  # a sub-token that starts a pre-token
         if len(texts) > 1:
-            text_starts = _pointers(np.fromiter((len(text) + 1 for text in texts), np.int64, len(texts)))[:-1]
-            expected = np.bincount(np.searchsorted(text_starts, starts, "right") - 1, minlength=len(texts))
+            expected = np.bincount(np.searchsorted(base, starts, "right") - 1, minlength=len(texts))
         else:
             expected = np.array([len(starts)])
         if not np.array_equal(expected, np.bincount(token_item[first], minlength=len(texts))):
@@ -562,7 +562,7 @@ class WordPieceTokenizer:
         Returns:
             (start, end) offsets of the words, in order.
         """
-        return [(a, b) for a, b in _split_words([text])[1].tolist()]
+        return [(a, b) for a, b in _split_words([text], np.zeros(1, np.int64))[1].tolist()]
 
     # --- model input --------------------------------------------------------------------------------
 
@@ -888,12 +888,13 @@ class _BertClasses(dict):
 _WORD_SPLITTER = re.compile(f"({_WORD_PATTERN.pattern})")
 
 
-def _split_words(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _split_words(texts: Sequence[str], text_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``split_text`` of N texts at once: ``(V,)`` the text of each word, ``(V, 2)`` its
     (start, end) character offsets in that text.
 
-    The texts are joined by a newline (whitespace: no word crosses it) and their character
-    classes mapped in one ``str.translate``; one ``re.split`` finds every word.
+    The texts are joined by a newline (whitespace: no word crosses it; ``text_starts``: where
+    each text starts in the joined string) and their character classes mapped in one
+    ``str.translate``; one ``re.split`` finds every word.
     """
     shadow = "\n".join(texts).translate(_CHAR_CLASSES)
     parts = _WORD_SPLITTER.split(shadow)
@@ -911,7 +912,6 @@ def _split_words(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
             starts[k] += len(word) - len(word.lstrip("z"))
             ends[k] = starts[k] + len(core)
         starts, ends = starts[keep], ends[keep]
-    text_starts = _pointers(np.fromiter((len(text) + 1 for text in texts), np.int64, len(texts)))[:-1]
     item = np.searchsorted(text_starts, starts, "right") - 1
     offset = text_starts[item]
     return item, np.stack([starts - offset, ends - offset], 1)
