@@ -199,13 +199,10 @@ def test_feature_cache_on_disk_is_shared_and_matches_the_encoder(data_dir, token
     assert len(list((tmp_path / "cache").iterdir())) == 3  # a new train file; the same valid file
 
 
-def test_trainer_state_holds_only_what_is_trained_and_resumes(data_dir, tokenizer, minilm_dir, tmp_path):
+def test_trainer_state_holds_only_what_is_trained_and_resumes(small, minilm_dir, tmp_path):
     """trainer_state.pt keeps the trained weights, optimizer, schedule and epoch, not the frozen
     BERT (its checkpoint holds it); resuming from it restores the head exactly."""
-    train = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.train"), 40))
-    valid = list(itertools.islice(read_conll(data_dir / "conll2003" / "eng.testa"), 20))
-    vocab = LabelVocab.from_labels(["O"] + [f"{p}-{t}" for p in "BI" for t in ("PER", "ORG", "LOC", "MISC")])
-    data = NerData.from_sentences(train, valid, tokenizer, source_scheme="IOB1", vocab=vocab, batch_tokens=512)
+    data = small
     torch.manual_seed(0)
     model = BertBiLSTMCRF.create(data.vocab.num_labels, minilm_dir, labels=data.vocab.labels, enc_hidden_dim=32)
     learner = NerLearner(model, data, tmp_path, progress=False)

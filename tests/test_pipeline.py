@@ -371,16 +371,9 @@ def test_nertron_crf_model_directory(crf_tagger, texts):
 
 
 def test_nertron_nmt_model(crf_tagger, texts):
-    from nertron.engine.models import BertBiLSTMAttnNMT, ModelConfig
+    from test_tagger import nmt_tagger
 
-    config = ModelConfig(label_size=len(crf_tagger.labels), checkpoint_dir=crf_tagger.model.config.checkpoint_dir,
-                         labels=crf_tagger.labels, enc_hidden_dim=32, num_heads=2, key_dim=16, val_dim=16,
-                         dec_embedding_dim=16, dec_hidden_dim=32)
-    torch.manual_seed(1)
-    model = BertBiLSTMAttnNMT(config, crf_tagger.model.features.bert)
-    with torch.no_grad():
-        model.nmt.out.weight.mul_(8.0)
-    nmt = Tagger(model, crf_tagger.tokenizer, device="cpu")
+    nmt = nmt_tagger(crf_tagger)
     few = texts[:12]
     grouped = nertron.pipeline("ner", model=nmt, aggregation_strategy="simple")(few)
     per_word = nertron.pipeline("ner", model=nmt, ignore_labels=[])(few)

@@ -321,7 +321,9 @@ def test_long_text_is_windowed_without_losing_words(model_dir, conll_dev):
     assert [e.score for e in by_words] == pytest.approx([e.score for e in entities], abs=1e-4)
 
 
-def test_nmt_model_scores_are_products_of_softmax(model_dir, tagger, texts):
+def nmt_tagger(tagger: Tagger) -> Tagger:
+    """A small seeded NMT head over ``tagger``'s BERT and labels (sharpened output layer, so
+    that it finds entities), as a CPU Tagger."""
     config = ModelConfig(label_size=len(tagger.labels), checkpoint_dir=tagger.model.config.checkpoint_dir,
                          labels=tagger.labels, enc_hidden_dim=32, num_heads=2, key_dim=16, val_dim=16,
                          dec_embedding_dim=16, dec_hidden_dim=32)
@@ -329,7 +331,12 @@ def test_nmt_model_scores_are_products_of_softmax(model_dir, tagger, texts):
     model = BertBiLSTMAttnNMT(config, tagger.model.features.bert)
     with torch.no_grad():
         model.nmt.out.weight.mul_(8.0)
-    nmt = Tagger(model, tagger.tokenizer, device="cpu")
+    return Tagger(model, tagger.tokenizer, device="cpu")
+
+
+def test_nmt_model_scores_are_products_of_softmax(model_dir, tagger, texts):
+    nmt = nmt_tagger(tagger)
+    model = nmt.model
     results = nmt.tag(texts[:12])
     assert sum(len(r) for r in results) > 0
     for text, entities in zip(texts[:12], results):

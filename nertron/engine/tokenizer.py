@@ -491,7 +491,8 @@ class WordPieceTokenizer:
         """
         texts = texts if isinstance(texts, list) else list(texts)
         base = _pointers(np.fromiter(map(len, texts), np.int64, len(texts)) + 1)[:-1]  # text n in the joined texts
-        word_item, word_chars = _split_words(texts, base)
+        joined = "\n".join(texts)  # one string for the word split and the pre-token classes
+        word_item, word_chars = _split_words(joined, base)
         word_start = base[word_item] + word_chars[:, 0]  # in the texts joined by newlines
         if offsets or not texts:
             encodings = self._backend.encode_batch(texts, add_special_tokens=False) if texts else []
@@ -506,7 +507,7 @@ class WordPieceTokenizer:
             token_counts = np.fromiter(map(len, encodings), np.int64, len(texts))
             ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
             token_item = np.repeat(np.arange(len(texts)), token_counts)
-            located = self._pre_token_starts(texts, base, ids, token_item)
+            located = self._pre_token_starts(joined, base, ids, token_item)
             if located is None:
                 return self.encode_texts(texts, offsets=True)
             token_start, token_end, chars = located, None, None
@@ -524,11 +525,12 @@ class WordPieceTokenizer:
         return Encoded(texts, ids, chars, _pointers(token_counts), word_chars, _pointers(per_word)[:-1], word_ptr,
                        self._id_tokens, self._backend)
 
-    def _pre_token_starts(self, texts: list[str], base: np.ndarray, ids: np.ndarray,
+    def _pre_token_starts(self, joined: str, base: np.ndarray, ids: np.ndarray,
                           token_item: np.ndarray) -> np.ndarray | None:
-        """Where each sub-token's BERT pre-token starts, in the texts joined by newlines; None
-        if a character's class is unknown or a text's pre-token count disagrees."""
-        classes = np.frombuffer("\n".join(texts).translate(self._bert_classes).encode("ascii"), np.uint8)
+        """Where each sub-token's BERT pre-token starts in ``joined`` (the texts joined by
+        newlines, text n from ``base[n]``); None if a character's class is unknown or a text's
+        pre-token count disagrees."""
+        classes = np.frombuffer(joined.translate(self._bert_classes).encode("ascii"), np.uint8)
         if (classes == _MIXED).any():
             return None
         kept = np.flatnonzero(classes != _REMOVED)  # removed characters join what is around them
@@ -538,11 +540,8 @@ class WordPieceTokenizer:
         previous[1:] = kind[:-1]
         starts = kept[(kind == _PIECE) | ((kind == _WORD) & (previous != _WORD))]  # shape: (P,)
         first = ~self._continuation[ids]  # a sub-token that starts a pre-token
-        if len(texts) > 1:
-            expected = np.bincount(np.searchsorted(base, starts, "right") - 1, minlength=len(texts))
-        else:
-            expected = np.array([len(starts)])
-        if not np.array_equal(expected, np.bincount(token_item[first], minlength=len(texts))):
+        expected = np.bincount(np.searchsorted(base, starts, "right") - 1, minlength=len(base))
+        if not np.array_equal(expected, np.bincount(token_item[first], minlength=len(base))):
             return None
         return starts[np.cumsum(first) - 1]
 
@@ -562,7 +561,7 @@ class WordPieceTokenizer:
         Returns:
             (start, end) offsets of the words, in order.
         """
-        return [(a, b) for a, b in _split_words([text], np.zeros(1, np.int64))[1].tolist()]
+        return [(a, b) for a, b in _split_words(text, np.zeros(1, np.int64))[1].tolist()]
 
     # --- model input --------------------------------------------------------------------------------
 
@@ -888,15 +887,15 @@ class _BertClasses(dict):
 _WORD_SPLITTER = re.compile(f"({_WORD_PATTERN.pattern})")
 
 
-def _split_words(texts: Sequence[str], text_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _split_words(joined: str, text_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``split_text`` of N texts at once: ``(V,)`` the text of each word, ``(V, 2)`` its
     (start, end) character offsets in that text.
 
-    The texts are joined by a newline (whitespace: no word crosses it; ``text_starts``: where
-    each text starts in the joined string) and their character classes mapped in one
-    ``str.translate``; one ``re.split`` finds every word.
+    ``joined``: the texts joined by a newline (whitespace: no word crosses it), text n from
+    ``text_starts[n]``. Their character classes are mapped in one ``str.translate``; one
+    ``re.split`` finds every word.
     """
-    shadow = "\n".join(texts).translate(_CHAR_CLASSES)
+    shadow = joined.translate(_CHAR_CLASSES)
     parts = _WORD_SPLITTER.split(shadow)
     bounds = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)))
     starts, ends = bounds[::2][:-1], bounds[1::2]
