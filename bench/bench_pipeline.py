@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without an installed nertron
 
 from nertron.bench import pipeline as section  # noqa: E402
+from nertron.engine.files import write_atomic  # noqa: E402
 from nertron.bench.harness import Bench, label_benchmark, pedantic  # noqa: E402
 from nertron.bench.report import environment  # noqa: E402
 
@@ -108,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(result, command.strip())
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+        data = json.dumps(result, indent=1, default=str) + "\n"
+        write_atomic(args.json, lambda tmp: tmp.write_text(data))
     if args.markdown:
-        Path(args.markdown).write_text(text)
+        write_atomic(args.markdown, lambda tmp: tmp.write_text(text))
     return 0 if result["same_output"] else 1
 
 

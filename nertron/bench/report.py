@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from nertron.engine.files import write_atomic
+
 from . import attention, crf, e2e, encoder, host, layernorm, matmul, pipeline, pooling
 from .harness import Bench, dtype_name, error_text, status_row
 
@@ -381,9 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001
             print(f"plot {section} failed: {error_text(err)}", file=sys.stderr)
     report = {"environment": env, "sections": sections, "summary": headline(rows), "rows": rows, "plots": plots}
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    data = json.dumps(report, indent=1, default=str) + "\n"
+    write_atomic(out / f"{stem}.json", lambda tmp: tmp.write_text(data))  # a failed run keeps the old report
     text = markdown(env, rows, sections, plots)
-    (out / f"{stem}.md").write_text(text)
+    write_atomic(out / f"{stem}.md", lambda tmp: tmp.write_text(text))
     print(text)
     print(f"wrote {out / (stem + '.md')}, {out / (stem + '.json')} and {len(plots)} plots", flush=True)
     return 0
