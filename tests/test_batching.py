@@ -174,6 +174,28 @@ def test_encode_word_lists_equals_encode_words(tok, sentences):
     assert encoded.pieces(len(sentences) + 1).tokens == ["a", "[UNK]", "b"]  # an emptied word keeps its place
 
 
+def test_encodings_made_beforehand_give_the_same_encoded(tok, sentences):
+    """The tagger's split: ``backend_encodings`` (the tokenizers call alone, run in a worker
+    thread) then ``encode_texts`` / ``encode_word_lists`` with ``encodings=`` equals the one-call
+    methods; encodings of other items are refused with one line."""
+    texts = [" ".join(words) for words in sentences] + ["", "   ", "U.S. troops' O'Neill"]
+    split = tok.encode_texts(texts, encodings=tok.backend_encodings(texts))
+    whole = tok.encode_texts(texts)
+    lists = sentences + [[], ("a", "b")]
+    split_lists = tok.encode_word_lists(lists, tok.backend_encodings(lists, words=True))
+    whole_lists = tok.encode_word_lists(lists)
+    for name in ("ids", "token_ptr", "word_chars", "word_first", "word_ptr"):
+        assert (getattr(split, name) == getattr(whole, name)).all(), name
+        assert (getattr(split_lists, name) == getattr(whole_lists, name)).all(), name
+    assert tok.backend_encodings([]) == [] and tok.backend_encodings([[], []], words=True) == []
+    with pytest.raises(ValueError, match="1 encodings for 2 texts"):
+        tok.encode_texts(texts[:2], encodings=tok.backend_encodings(texts[:1]))
+    with pytest.raises(ValueError, match="offsets=True"):
+        tok.encode_texts(texts[:1], offsets=True, encodings=tok.backend_encodings(texts[:1]))
+    with pytest.raises(ValueError, match="1 encodings for 2 non-empty word lists"):
+        tok.encode_word_lists(lists[:2], tok.backend_encodings(lists[:1], words=True))
+
+
 def test_units_and_collate_units_equal_windows_and_collate(tok, sentences):
     """Windows on flat arrays (``units``) are ``WordPieceTokenizer.windows``'s, and their padded
     batch equals ``collate`` of those windows, including windows that cut a long text."""

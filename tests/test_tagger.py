@@ -416,8 +416,9 @@ def test_tag_iter_reads_in_bounded_chunks(tagger, texts):
 
     results = tagger.tag_iter(endless(), chunk_size=4)
     first = list(itertools.islice(results, 6))
-    # two chunks of 4, and the next one, read ahead to be prepared while the model runs
-    assert len(first) == 6 and len(pulled) == 12
+    # two chunks of 4, and the threads + 1 next ones, read ahead to be tokenised meanwhile
+    ahead = tagger.threads + 1 if tagger.threads else 1
+    assert len(first) == 6 and len(pulled) == 4 * (2 + ahead)
     assert [key(r) for r in first] == [key(r) for r in tagger.tag(texts[:6])]
 
 
@@ -592,8 +593,8 @@ def test_fifo_input_is_refused_without_blocking(tagger, tmp_path):
 
 
 def test_worker_thread_gives_the_same_results_in_order(model_dir, texts, conll_dev):
-    """threads=1 (chunks prepared by the worker thread while the model runs) and threads=0 give
-    the same results, in input order, over several chunks, long (windowed) and empty texts."""
+    """threads=1 (chunks tokenised by the worker thread, ahead) and threads=0 give the same
+    results, in input order, over several chunks, long (windowed) and empty texts."""
     long_text = " ".join(" ".join(words) for words, _ in conll_dev[40:90])
     items = texts[:25] + ["", long_text, "   "] + texts[25:]
     inline = Tagger.load(model_dir, device="cpu", threads=0)
@@ -603,10 +604,52 @@ def test_worker_thread_gives_the_same_results_in_order(model_dir, texts, conll_d
     assert a == b and len(a) == len(items)
     assert a[25] == TaggedText([], [], []) and len(a[26].words) > 300
     assert [key(r.entities) for r in a] == [key(e) for e in inline.tag(items)]
-    two = Tagger.load(model_dir, device="cpu", threads=2)  # two chunks prepared at once
+    two = Tagger.load(model_dir, device="cpu", threads=2)  # two chunks tokenised at once
     assert list(two._stream(items, words=False, chunk_size=7)) == a
     with pytest.raises(ValueError, match="threads"):
         Tagger.load(model_dir, device="cpu", threads=-1)
+
+
+def test_device_pipeline_lands_a_chunk_after_queueing_the_next(model_dir, texts, conll_dev, monkeypatch):
+    """As on CUDA (launches return before the device is done): every batch of chunk k is
+    queued before any result of chunk k - 1 is read, each batch is waited for once, and the
+    results are those of the synchronous CPU path, in order (windowed and empty texts too)."""
+    from nertron.engine import tagger as tagger_module
+
+    long_text = " ".join(" ".join(words) for words, _ in conll_dev[40:90])
+    items = texts[:13] + ["", long_text] + texts[13:30]
+    want = list(Tagger.load(model_dir, device="cpu", threads=0)._stream(items, words=False, chunk_size=6))
+    tagger = Tagger.load(model_dir, device="cpu", threads=1)
+    events: list[tuple] = []
+
+    class Event:  # a CUDA event stand-in: the work is done, reading it is logged
+        def __init__(self, chunk, b):
+            self.where = (id(chunk), b)
+
+        def synchronize(self):
+            events.append(("land",) + self.where)
+
+    launch = tagger._launch
+
+    alive = []  # chunks kept referenced, so that their ids stay distinct
+
+    def queued(chunk, b, word_probs):
+        alive.append(chunk)
+        pending = launch(chunk, b, word_probs)
+        events.append(("launch", id(chunk), b))
+        return tagger_module._Pending(pending.packed, Event(chunk, b), pending.scores, pending.word_probs)
+
+    monkeypatch.setattr(tagger, "_launch", queued)
+    got = list(tagger._stream(items, words=False, chunk_size=6))
+    assert got == want and len(got) == len(items)
+    chunks = list(dict.fromkeys(c for _, c, _ in events))
+    assert len(chunks) == 6
+    launches = [e for e in events if e[0] == "launch"]
+    assert sorted(e[1:] for e in events if e[0] == "land") == sorted(e[1:] for e in launches)
+    for k in range(1, len(chunks)):  # chunk k is all queued before chunk k - 1 is read back
+        last_launch = max(i for i, e in enumerate(events) if e[:2] == ("launch", chunks[k]))
+        first_land = min(i for i, e in enumerate(events) if e[:2] == ("land", chunks[k - 1]))
+        assert last_launch < first_land
 
 
 def test_error_mid_stream_comes_after_the_results_before_it(model_dir, texts):

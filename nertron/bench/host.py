@@ -13,7 +13,8 @@ process and interleaved with it, ``tokenizers``' ``Tokenizer.encode_batch`` alon
 texts (the same normaliser, pre-tokeniser and WordPiece vocabulary, offsets on, no padding): the
 floor any tagger in Python pays. Each thread count runs in its own process, pinned to that many
 CPUs (``os.sched_setaffinity``), with ``RAYON_NUM_THREADS`` (the tokenizer's pool) and torch's
-threads set to it, and two host worker threads (``Tagger(threads=2)``) from two CPUs up.
+threads set to it, and the tagger's default host threads for that many CPUs (from two CPUs up
+one worker thread runs the ``tokenizers`` call ahead, the rest runs in the calling thread).
 
 Also measured, with the real model, on the same texts: the share of the wall time that the
 model's part takes (on a GPU: the fraction of time the GPU is busy; device-only time = every
@@ -105,8 +106,8 @@ def _child() -> None:
 
     items = json.loads((folder / "texts.json").read_text())
     recorded = torch.load(folder / "recorded.pt", weights_only=False)
-    # host worker threads: none on one CPU (prepared between chunks), else two chunks prepared at once
-    tagger = Tagger.load(device="cpu", threads=0 if threads == 1 else 2)
+    # the default host threads for the CPUs allowed: none on one CPU, else one tokenizer thread
+    tagger = Tagger.load(device="cpu")
     replay(tagger, recorded)
     backend = tagger.tokenizer._backend
     tagger.tag(items)  # warm: the character tables, the allocator

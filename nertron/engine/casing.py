@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from nertron.engine.tokenizer import WordPieces
+from nertron.kernels import text_cpu
 
 __all__ = ["CASING_MODES", "SHAPES", "NUM_SHAPE_IDS", "CHAR_BUCKETS", "MAX_CHARS", "word_shape", "shape_id",
            "char_id", "casing_tensors", "check_casing", "WordCasing", "word_casing", "flat_casing_tensors"]
@@ -184,6 +185,9 @@ class _CaseClasses(dict):
 
 _CASE_CLASSES = _CaseClasses()
 _SHAPE_CODE = {name: 1 + 2 * i for i, name in enumerate(SHAPES)}
+# the shape codes in the order text_cpu.word_casing tests the shapes
+_C_SHAPE_CODES = np.array([_SHAPE_CODE[s] for s in ("alnum", "lower", "upper", "title", "mixed", "number", "other",
+                                                    "punct")], np.int64)
 
 
 class WordCasing(NamedTuple):
@@ -207,7 +211,12 @@ def word_casing(texts: Sequence[str], word_chars: np.ndarray, word_item: np.ndar
     np.cumsum([len(text) + 1 for text in texts], out=base[1:])
     start = base[word_item] + word_chars[:, 0]
     length = word_chars[:, 1] - word_chars[:, 0]
-    classes = np.frombuffer(joined.translate(_CASE_CLASSES).encode("latin-1"), np.uint8)
+    shadow = joined.translate(_CASE_CLASSES).encode("latin-1")
+    if text_cpu.available():  # the same features in C, without the GIL
+        points = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+        shape, chars = text_cpu.word_casing(shadow, points, start, length, MAX_CHARS, CHAR_BUCKETS, _C_SHAPE_CODES)
+        return WordCasing(shape, length, chars)
+    classes = np.frombuffer(shadow, np.uint8)
     end = start + length
 
     def count(cls: int) -> np.ndarray:  # characters of class cls in each word, from prefix sums

@@ -11,8 +11,8 @@ Pipeline, per chunk of input (``tag_iter`` reads any iterable in chunks of
 
 1. the chunk is tokenised in one call (``WordPieceTokenizer.encode_texts``: one
    ``encode_batch_fast``; words by ``split_text``'s rules in one regex pass; each sub-token
-   assigned to its word on flat arrays, ``Encoded``), in a worker thread while the model runs
-   the previous chunk (``threads``);
+   assigned to its word on flat arrays, ``Encoded``); the ``tokenizers`` call runs in a
+   worker thread, chunks ahead (``threads``), the rest in the calling thread;
 2. a text longer than the model's positions is cut into overlapping windows on word
    boundaries (``batching.units``, the bounds of ``WordPieceTokenizer.windows``): nothing is
    truncated;
@@ -168,8 +168,8 @@ class TaggedText:
 @dataclass
 class _Chunk:
     """One chunk of input on its way through the pipeline: prepared on the host (``_prepare``,
-    possibly in the worker thread), run batch by batch (``_launch`` / ``_land``), then turned
-    into results (``_results``)."""
+    from the tokenizer's encodings made in a worker thread), run batch by batch (``_launch`` /
+    ``_land``), then turned into results (``_results``)."""
 
     items: list  # the texts (or word lists)
     words: bool
@@ -384,11 +384,13 @@ class Tagger:
         dtype: BERT's compute dtype: default bf16 on CUDA, fp32 on CPU; fp16/bf16 need CUDA
             (a ValueError otherwise). The head's weights stay fp32 (autocast on CUDA).
         batch_tokens: padded sub-tokens per batch (a window longer than that runs alone).
-        threads: host worker threads that prepare the next chunks of input (tokenise,
-            window, batch, pad), each its own chunk, while the model runs: 0 prepares in the
-            calling thread, between chunks; None: 1 when the process may use two CPUs or more
-            (its CPU affinity), else 0. The tokenizer itself uses the ``tokenizers``
-            library's thread pool (``RAYON_NUM_THREADS``, ``TOKENIZERS_PARALLELISM``).
+        threads: host worker threads that run the tokenizer (the ``tokenizers`` library's
+            call, which releases the GIL) on the next chunks of input, ``threads + 1`` chunks
+            ahead, while the calling thread does the rest (words, windows, batches, the model's
+            launches, results: Python, in one thread, so that no two threads wait for each
+            other's GIL); 0 tokenises in the calling thread too; None: 1 when the process may
+            use two CPUs or more (its CPU affinity), else 0. The tokenizer's call itself uses
+            the ``tokenizers`` thread pool (``RAYON_NUM_THREADS``, ``TOKENIZERS_PARALLELISM``).
         max_batch_size: at most this many windows per batch (None: ``batch_tokens`` alone decides).
     """
 
@@ -630,67 +632,74 @@ class Tagger:
                 progress: Progress | None = None) -> Iterator[TaggedText]:
         """Results of ``items``, in order, through the pipeline.
 
-        Chunks are read here (in the caller's thread: any iterable works) and prepared
-        ``threads`` chunks ahead by the worker threads (tokenised, windowed, bucketed,
-        collated; pinned on CUDA); batches are launched one ahead of the host: batch j+1 is
-        queued on the device before the results of batch j are brought back, and a chunk's
-        results are yielded as soon as its last batch is back, while the next chunk's batches
-        run. An error of the iterable (wrapped in a RuntimeError naming the item;
-        ``InputFileError`` from ``read_lines`` as it is) or of an item's check is raised after
-        the results of the items before it."""
+        Chunks are read here (in the caller's thread: any iterable works), and the worker
+        threads run the tokenizer's own call on them (``backend_encodings``: Rust, without the
+        GIL), ``threads + 1`` chunks ahead. Everything else that runs Python (words, windows,
+        batches, results) runs here, in one thread: two Python threads would each wait for the
+        GIL the other holds, and the worker's tokenizer call waits for it only at its start and
+        end. A chunk's batches are all queued on the device before the previous chunk's
+        results are read, so the device works while the host prepares the next chunk and builds
+        the results of the last (on the CPU the model runs at ``_launch``: nothing to overlap).
+        An error of the iterable (wrapped in a RuntimeError naming the item; ``InputFileError``
+        from ``read_lines`` as it is) or of an item's check is raised after the results of the
+        items before it."""
         _check_budget(batch_tokens, chunk_size)
         budget = self.batch_tokens if batch_tokens is None else batch_tokens
         reader = _read_chunks(items, words, chunk_size)
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nertron-host") if self.threads > 0 else None
-        ahead: deque[tuple[Any, BaseException | None]] = deque()  # chunks read, being prepared
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nertron-tokenizer") if self.threads > 0 else None
+        depth = self.threads + 1  # chunks in the tokenizer ahead of the one being prepared
+        ahead: deque[tuple[list, Any, BaseException | None]] = deque()  # chunks read: items, encodings, error
         read_all = False
 
-        def read_ahead(depth: int) -> None:
-            """Read chunks (and start preparing them) until ``depth`` are ahead."""
+        def read_ahead() -> None:
+            """Read chunks (and start tokenising them) until ``depth`` are ahead."""
             nonlocal read_all
-            while not read_all and len(ahead) < depth:
+            while not read_all and len(ahead) < (depth if pool is not None else 1):
                 try:
                     chunk, error = next(reader)
                 except StopIteration:
                     read_all = True
                     return
                 read_all = error is not None  # nothing after an error is read
-                future = pool.submit(self._prepare, chunk, words, budget) if pool is not None else \
-                    _Ready(self._prepare(chunk, words, budget))
-                ahead.append((future, error))
+                future = pool.submit(self.tokenizer.backend_encodings, chunk, words) if pool is not None else None
+                ahead.append((chunk, future, error))
 
-        waiting: deque[_Chunk] = deque()  # chunks whose results are not yielded yet, in order
-        in_flight: tuple[_Chunk, int, _Pending] | None = None
+        launched: tuple[_Chunk, list[_Pending | None]] | None = None  # on the device, not read back yet
         error: BaseException | None = None
         try:
-            read_ahead(1)
+            read_ahead()
             while ahead:
-                future, error = ahead.popleft()
-                read_ahead(self.threads)  # the next chunks are prepared while this one runs
-                chunk = future.result()
-                waiting.append(chunk)
+                chunk_items, future, error = ahead.popleft()
+                read_ahead()  # the next chunks are tokenised while this one is prepared and run
+                chunk = self._prepare(chunk_items, words, budget, None if future is None else future.result())
+                pending: list[_Pending | None] = []
                 for b in range(len(chunk.batches)):
-                    pending = self._launch(chunk, b, word_probs)
-                    if in_flight is not None:
-                        self._land(*in_flight)
-                    in_flight = (chunk, b, pending)
-                    if pending.event is None:  # the CPU ran it already: nothing to overlap
-                        self._land(*in_flight)
-                        in_flight = None
-                    while waiting and waiting[0].complete:
-                        yield from self._finished(waiting.popleft(), word_probs, progress)
-                while waiting and waiting[0].complete:  # a chunk without batches (empty texts)
-                    yield from self._finished(waiting.popleft(), word_probs, progress)
-                read_ahead(1)
-            if in_flight is not None:
-                self._land(*in_flight)
-            while waiting:
-                yield from self._finished(waiting.popleft(), word_probs, progress)
+                    pending.append(self._launch(chunk, b, word_probs))
+                    if pending[b].event is None:  # the CPU ran it already: nothing to overlap
+                        self._land(chunk, b, pending[b])
+                        pending[b] = None
+                if launched is not None:  # the previous chunk ran while this one was prepared
+                    yield from self._landed(*launched, word_probs, progress)
+                    launched = None
+                if any(launch is not None for launch in pending):
+                    launched = (chunk, pending)
+                else:  # all run already (CPU), or no batches (no words): its results now
+                    yield from self._finished(chunk, word_probs, progress)
+            if launched is not None:
+                yield from self._landed(*launched, word_probs, progress)
             if error is not None:
                 raise error
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+
+    def _landed(self, chunk: _Chunk, pending: list[_Pending | None], word_probs: bool,
+                progress: Progress | None) -> list[TaggedText]:
+        """Wait for the chunk's batches still on the device; its results."""
+        for b, launch in enumerate(pending):
+            if launch is not None:
+                self._land(chunk, b, launch)
+        return self._finished(chunk, word_probs, progress)
 
     def _finished(self, chunk: _Chunk, word_probs: bool, progress: Progress | None) -> list[TaggedText]:
         results = self._results(chunk, word_probs)
@@ -698,11 +707,12 @@ class Tagger:
             progress.update(texts=len(chunk.items), tokens=int(chunk.encoded.token_ptr[-1]))
         return results
 
-    def _prepare(self, items: list, words: bool, budget: int) -> _Chunk:
-        """Host work before the device: tokenise the chunk in one call, cut long inputs into
-        windows, sort the windows into batches under ``budget`` and pad them (on flat arrays)."""
+    def _prepare(self, items: list, words: bool, budget: int, encodings: list | None = None) -> _Chunk:
+        """Host work before the device: tokenise the chunk in one call (or from ``encodings``,
+        ``backend_encodings``' result), cut long inputs into windows, sort the windows into
+        batches under ``budget`` and pad them (on flat arrays)."""
         tokenizer = self.tokenizer
-        encoded = tokenizer.encode_word_lists(items) if words else tokenizer.encode_texts(items)
+        encoded = tokenizer.encode_word_lists(items, encodings) if words else tokenizer.encode_texts(items, encodings=encodings)
         windows = batching.units(tokenizer, encoded)
         per_item = np.bincount(windows.item, minlength=len(items))
         multi = per_item[windows.item] > 1
@@ -935,16 +945,6 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-class _Ready:
-    """A finished stand-in for a ``Future`` (the pipeline without a worker thread)."""
-
-    def __init__(self, value: Any):
-        self._value = value
-
-    def result(self) -> Any:
-        return self._value
 
 
 def _read_chunks(items: Iterable, words: bool, chunk_size: int) -> Iterator[tuple[list, BaseException | None]]:

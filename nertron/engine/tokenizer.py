@@ -54,6 +54,7 @@ from tokenizers import Encoding, Tokenizer, models, normalizers, pre_tokenizers
 
 # label id of continuation sub-tokens and padding (cross_entropy's default ignore_index), defined once
 from nertron.engine.data.vocab import IGNORE_INDEX
+from nertron.kernels import text_cpu
 
 __all__ = [
     "IGNORE_INDEX",
@@ -381,10 +382,34 @@ class WordPieceTokenizer:
         encoded = self.encode_word_lists(sentences)
         return [encoded.pieces(n) for n in range(len(sentences))]
 
-    def encode_word_lists(self, sentences: Sequence[Sequence[str]]) -> Encoded:
+    def backend_encodings(self, items: Sequence, words: bool = False) -> list[Encoding]:
+        """The one ``tokenizers`` call of ``encode_texts`` (``words=False``: texts) or
+        ``encode_word_lists`` (``words=True``: word lists), alone.
+
+        That call is the Rust part of tokenising a chunk: it releases the GIL and runs on the
+        ``tokenizers`` thread pool. The tagger runs it in a worker thread, chunks ahead, and
+        hands its result to ``encode_texts(..., encodings=)`` / ``encode_word_lists(...,
+        encodings=)`` in the thread that does the rest (Python, which holds the GIL).
+
+        Args:
+            items: N texts, or N word lists (already checked, as for those methods).
+            words: the items are word lists.
+
+        Returns:
+            The ``tokenizers`` encodings: one per text; one per non-empty word list.
+        """
+        if words:
+            present = [words_ for words_ in (w if isinstance(w, list) else list(w) for w in items) if words_]
+            return self._backend.encode_batch(present, is_pretokenized=True, add_special_tokens=False) \
+                if present else []
+        items = items if isinstance(items, list) else list(items)
+        return self._backend.encode_batch_fast(items, add_special_tokens=False) if items else []
+
+    def encode_word_lists(self, sentences: Sequence[Sequence[str]], encodings: list[Encoding] | None = None) -> Encoded:
         """Pre-split sentences (already checked: lists of non-empty str) as one ``Encoded``,
-        in one ``encode_batch`` call. A word the normaliser empties becomes one ``[UNK]``
-        spanning the word; an empty list is an input without words."""
+        in one ``encode_batch`` call (or from ``encodings``, that call's result made
+        beforehand by ``backend_encodings(sentences, words=True)``). A word the normaliser
+        empties becomes one ``[UNK]`` spanning the word; an empty list is an input without words."""
         sentences = [words if isinstance(words, list) else list(words) for words in sentences]
         texts = [" ".join(words) for words in sentences]
         counts = np.fromiter((len(words) for words in sentences), np.int64, len(sentences))
@@ -396,8 +421,11 @@ class WordPieceTokenizer:
         starts -= np.repeat(starts[word_ptr[:-1][counts > 0]], counts[counts > 0])
         word_chars = np.stack([starts, starts + lengths], 1)
         present = [n for n, words in enumerate(sentences) if words]
-        encodings = self._backend.encode_batch([sentences[n] for n in present], is_pretokenized=True,
-                                               add_special_tokens=False) if present else []
+        if encodings is None:
+            encodings = self._backend.encode_batch([sentences[n] for n in present], is_pretokenized=True,
+                                                   add_special_tokens=False) if present else []
+        elif len(encodings) != len(present):
+            raise ValueError(f"encodings holds {len(encodings)} encodings for {len(present)} non-empty word lists")
         token_counts = np.zeros(len(sentences), np.int64)
         token_counts[present] = [len(encoding) for encoding in encodings]
         ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
@@ -468,7 +496,8 @@ class WordPieceTokenizer:
         encoded = self.encode_texts(texts, offsets=True)
         return [encoded.pieces(n) for n in range(len(texts))]
 
-    def encode_texts(self, texts: Sequence[str], offsets: bool = False) -> Encoded:
+    def encode_texts(self, texts: Sequence[str], offsets: bool = False,
+                     encodings: list[Encoding] | None = None) -> Encoded:
         """Raw texts (already checked: str encodable as UTF-8) as one ``Encoded``.
 
         Each text is tokenised whole, all in one ``encode_batch`` call (so the ids are BERT's
@@ -488,8 +517,14 @@ class WordPieceTokenizer:
         Args:
             texts: N texts.
             offsets: also the sub-tokens' character offsets (``Encoded.token_chars``).
+            encodings: the ``encode_batch_fast`` call's result, made beforehand (in another
+                thread) by ``backend_encodings(texts)``; None: made here. Not with ``offsets``.
         """
         texts = texts if isinstance(texts, list) else list(texts)
+        if encodings is not None and offsets:
+            raise ValueError("encodings (encode_batch_fast's, without offsets) cannot serve offsets=True")
+        if encodings is not None and len(encodings) != len(texts):
+            raise ValueError(f"encodings holds {len(encodings)} encodings for {len(texts)} texts")
         base = _pointers(np.fromiter(map(len, texts), np.int64, len(texts)) + 1)[:-1]  # text n in the joined texts
         joined = "\n".join(texts)  # one string for the word split and the pre-token classes
         word_item, word_chars = _split_words(joined, base)
@@ -503,7 +538,8 @@ class WordPieceTokenizer:
             token_start = base[token_item] + chars[:, 0]
             token_end = base[token_item] + chars[:, 1]
         else:
-            encodings = self._backend.encode_batch_fast(texts, add_special_tokens=False)
+            if encodings is None:
+                encodings = self._backend.encode_batch_fast(texts, add_special_tokens=False)
             token_counts = np.fromiter(map(len, encodings), np.int64, len(texts))
             ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
             token_item = np.repeat(np.arange(len(texts)), token_counts)
@@ -896,6 +932,18 @@ def _split_words(joined: str, text_starts: np.ndarray) -> tuple[np.ndarray, np.n
     ``re.split`` finds every word.
     """
     shadow = joined.translate(_CHAR_CLASSES)
+    if text_cpu.available():  # the same split in C, without the GIL
+        starts, ends = text_cpu.split_words(shadow.encode("ascii"))
+    else:
+        starts, ends = _split_shadow(shadow)
+    item = np.searchsorted(text_starts, starts, "right") - 1
+    offset = text_starts[item]
+    return item, np.stack([starts - offset, ends - offset], 1)
+
+
+def _split_shadow(shadow: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(V,)`` starts and ends of the words of ``shadow`` (``_CHAR_CLASSES`` stand-ins):
+    ``_WORD_PATTERN``'s matches, each without the removed characters at its edges."""
     parts = _WORD_SPLITTER.split(shadow)
     bounds = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)))
     starts, ends = bounds[::2][:-1], bounds[1::2]
@@ -911,9 +959,7 @@ def _split_words(joined: str, text_starts: np.ndarray) -> tuple[np.ndarray, np.n
             starts[k] += len(word) - len(word.lstrip("z"))
             ends[k] = starts[k] + len(core)
         starts, ends = starts[keep], ends[keep]
-    item = np.searchsorted(text_starts, starts, "right") - 1
-    offset = text_starts[item]
-    return item, np.stack([starts - offset, ends - offset], 1)
+    return starts, ends
 
 
 def _pointers(counts: np.ndarray) -> np.ndarray:

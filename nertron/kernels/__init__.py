@@ -9,4 +9,9 @@ On machines without a GPU the kernels run in Triton's interpreter (``TRITON_INTE
 which is how the test-suite checks their math; ``bench/gpu_compile.py`` (run by
 ``tests/test_gpu_compile.py``) compiles every variant the launchers pass for real GPU targets,
 which is how it checks that they compile, fit and launch within CUDA's limits.
+
+Beside them, the CPU's own loops in C (built once with the system compiler and cached,
+``cbuild.py``; each falls back to its Python reference without a compiler): the CRF
+recursions (``crf_cpu.py``) and the host pipeline's word split and casing features
+(``text_cpu.py``), called through ``ctypes``, which releases the GIL.
 """

@@ -10,11 +10,9 @@ kernel call per step. One C loop over ``(sequence, step, tag, tag)`` pays none. 
 algorithms are those of the reference (log-sum-exp in the compute dtype, fp32 or fp64; first
 maximum on Viterbi ties, like ``torch.max``), checked against it in ``tests/test_crf.py``.
 
-Build: ``cc -O3 -shared -fPIC [-fopenmp]`` of the source below (well under a second), into
-``$NERTRON_CACHE`` or ``~/.cache/nertron`` under a name hashed from the source and the
-compiler, written to a temporary file and renamed into place (concurrent first calls are
-safe). With no working C compiler, or ``NERTRON_CPU_KERNELS=0``, :func:`available` is False
-and the callers run the PyTorch reference instead. Batches run in parallel over
+Build: ``cc -O3 -shared -fPIC [-fopenmp]`` of the source below, once, cached on disk
+(:mod:`nertron.kernels.cbuild`). With no working C compiler, or ``NERTRON_CPU_KERNELS=0``,
+:func:`available` is False and the callers run the PyTorch reference instead. Batches run in parallel over
 ``torch.get_num_threads()`` OpenMP threads.
 
 Layout: emissions ``(B, T, K)`` with any strides in elements, lengths ``(B,)`` int32 each in
@@ -24,17 +22,11 @@ contiguous, outputs contiguous; all float tensors of one dtype (fp32 or fp64).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
-import warnings
-from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
+
+from nertron.kernels.cbuild import Library
 
 __all__ = ["available", "crf_forward", "crf_backward", "crf_alpha_beta", "crf_viterbi", "needs_fallback"]
 
@@ -308,62 +300,15 @@ DEFINE_CRF(float, f32, expf, logf, 50.0f)
 DEFINE_CRF(double, f64, exp, log, 600.0)
 """
 
-_LOCK = threading.Lock()
-_LIB: Optional[ctypes.CDLL] = None
-_TRIED = False
+# the pragma placeholder keeps the macro body one logical line; it is a no-op
+_LIBRARY = Library("crf_cpu", _SOURCE.replace('_Pragma("omp_get_thread_num_guard")', ""), (["-fopenmp"], []),
+                   key=torch.__version__, fallback="the CRF runs its PyTorch reference on CPU")
 
 _I64, _I32P, _VP = ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("NERTRON_CACHE") or Path.home() / ".cache" / "nertron")
-
-
-def _build() -> Optional[ctypes.CDLL]:
-    """Compile (once per source and compiler, cached on disk) and load the library, or None."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        return None
-    # the pragma placeholder keeps the macro body one logical line; it is a no-op
-    source = _SOURCE.replace('_Pragma("omp_get_thread_num_guard")', "")
-    for flags in (["-fopenmp"], []):
-        key = hashlib.sha256((source + cc + " ".join(flags) + torch.__version__).encode()).hexdigest()[:16]
-        target = _cache_dir() / f"crf_cpu_{key}.so"
-        if not target.exists():
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory() as tmp:
-                    src = Path(tmp) / "crf_cpu.c"
-                    src.write_text(source)
-                    out = Path(tmp) / "crf_cpu.so"
-                    subprocess.run([cc, "-O3", "-shared", "-fPIC", *flags, str(src), "-o", str(out), "-lm"],
-                                   check=True, capture_output=True, timeout=120)
-                    # atomic: a concurrent builder either sees the whole file or none
-                    fd, part = tempfile.mkstemp(dir=target.parent, suffix=".part")
-                    os.close(fd)
-                    shutil.copyfile(out, part)
-                    os.replace(part, target)
-            except (OSError, subprocess.SubprocessError):
-                continue
-        try:
-            return ctypes.CDLL(str(target))
-        except OSError:
-            continue
-    return None
-
-
 def _lib() -> Optional[ctypes.CDLL]:
-    global _LIB, _TRIED
-    if not _TRIED:
-        with _LOCK:
-            if not _TRIED:
-                if os.environ.get("NERTRON_CPU_KERNELS", "1") != "0":
-                    _LIB = _build()
-                    if _LIB is None:
-                        warnings.warn("nertron: no working C compiler; the CRF runs its PyTorch reference on CPU "
-                                      "(slower). Set CC or install gcc/clang for the C kernels.", stacklevel=3)
-                _TRIED = True
-    return _LIB
+    return _LIBRARY.get()
 
 
 def available() -> bool:
