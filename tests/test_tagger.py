@@ -406,7 +406,9 @@ def test_tag_equals_tag_iter_equals_tag_file(tagger, texts, tmp_path):
         assert all(tag in tagger.labels for _, tag in rows)
 
 
-def test_tag_iter_reads_in_bounded_chunks(tagger, texts):
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_tag_iter_reads_in_bounded_chunks(model_dir, texts, threads):
+    tagger = Tagger.load(model_dir, device="cpu", threads=threads)
     pulled = []
 
     def endless():
@@ -417,7 +419,8 @@ def test_tag_iter_reads_in_bounded_chunks(tagger, texts):
     results = tagger.tag_iter(endless(), chunk_size=4)
     first = list(itertools.islice(results, 6))
     # two chunks of 4, and the threads + 1 next ones, read ahead to be tokenised meanwhile
-    ahead = tagger.threads + 1 if tagger.threads else 1
+    # (without worker threads, none: the next chunk is read when it is needed)
+    ahead = tagger.threads + 1 if tagger.threads else 0
     assert len(first) == 6 and len(pulled) == 4 * (2 + ahead)
     assert [key(r) for r in first] == [key(r) for r in tagger.tag(texts[:6])]
 

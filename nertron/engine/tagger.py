@@ -647,14 +647,16 @@ class Tagger:
         budget = self.batch_tokens if batch_tokens is None else batch_tokens
         reader = _read_chunks(items, words, chunk_size)
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nertron-tokenizer") if self.threads > 0 else None
-        depth = self.threads + 1  # chunks in the tokenizer ahead of the one being prepared
+        # chunks in the tokenizer ahead of the one being prepared; without workers, none
+        # (the next chunk is read once this one is done)
+        depth = self.threads + 1 if pool is not None else 1
         ahead: deque[tuple[list, Any, BaseException | None]] = deque()  # chunks read: items, encodings, error
         read_all = False
 
         def read_ahead() -> None:
             """Read chunks (and start tokenising them) until ``depth`` are ahead."""
             nonlocal read_all
-            while not read_all and len(ahead) < (depth if pool is not None else 1):
+            while not read_all and len(ahead) < depth:
                 try:
                     chunk, error = next(reader)
                 except StopIteration:
@@ -670,7 +672,8 @@ class Tagger:
             read_ahead()
             while ahead:
                 chunk_items, future, error = ahead.popleft()
-                read_ahead()  # the next chunks are tokenised while this one is prepared and run
+                if pool is not None:
+                    read_ahead()  # the next chunks are tokenised while this one is prepared and run
                 chunk = self._prepare(chunk_items, words, budget, None if future is None else future.result())
                 pending: list[_Pending | None] = []
                 for b in range(len(chunk.batches)):
@@ -685,6 +688,7 @@ class Tagger:
                     launched = (chunk, pending)
                 else:  # all run already (CPU), or no batches (no words): its results now
                     yield from self._finished(chunk, word_probs, progress)
+                read_ahead()
             if launched is not None:
                 yield from self._landed(*launched, word_probs, progress)
             if error is not None:
