@@ -696,17 +696,28 @@ def test_max_batch_size_caps_the_rows_and_changes_nothing(model_dir, texts):
 
 
 def test_entity_boundaries_on_the_device_equal_the_chunk_rules(tagger):
-    """``_ChunkRules.boundaries`` (fixed shapes, for the device) finds the spans ``spans`` finds."""
+    """``_ChunkRules.boundaries`` (fixed shapes, for the device) marks the first and last word
+    of each conlleval entity, and at each first word where the entity ends; ``spans`` (read
+    from them) finds the same spans."""
     rng = torch.Generator().manual_seed(0)
     K = len(tagger.labels)
     tags = torch.randint(0, K, (64, 17), generator=rng)
     lengths = torch.randint(1, 18, (64,), generator=rng)
     mask = torch.arange(17) < lengths[:, None]
-    spans, labels = tagger._rules.spans(tags, mask)
+    spans_found, labels = tagger._rules.spans(tags, mask)
     first, last, end = tagger._rules.boundaries(tags, mask)
     b, i = first.nonzero().unbind(1)
-    assert torch.equal(torch.stack([b, i, end[b, i]], 1), spans) and torch.equal(tags[b, i], labels)
-    assert int(last.sum()) == len(spans)
+    assert torch.equal(torch.stack([b, i, end[b, i]], 1), spans_found) and torch.equal(tags[b, i], labels)
+    assert int(last.sum()) == len(spans_found)
+    # against conlleval itself, on tags of the scheme (labels outside it, <pad>, read as O there)
+    names = [label if label == "O" or label[:2] in ("B-", "I-", "E-", "S-") else "O" for label in tagger.labels]
+    for row in range(64):
+        words = [names[t] for t in tags[row, :lengths[row]].tolist()]
+        want = spans(words, tagger.scheme)  # (type, first, end exclusive)
+        assert first[row].nonzero().flatten().tolist() == [a for _, a, _ in want], words
+        assert last[row].nonzero().flatten().tolist() == [e - 1 for _, _, e in want], words
+        assert [int(end[row, a]) for _, a, _ in want] == [e - 1 for _, _, e in want], words
+        assert [tagger._rules.types[t] for t in tags[row, first[row]].tolist()] == [t for t, _, _ in want]
 
 
 def test_entity_to_dict_is_the_hugging_face_grouped_shape_and_jsonl_keeps_its_fields(tagger, texts):

@@ -32,7 +32,7 @@ import torch
 
 from nertron.engine.casing import casing_tensors, flat_casing_tensors, word_casing
 from nertron.engine.tokenizer import (IGNORE_INDEX, Encoded, WordPieces, WordPieceTokenizer, check_words,
-                                      merge_windows, window_bounds)
+                                      default_stride, merge_windows, window_bounds)
 
 __all__ = ["Window", "Units", "check_text", "check_words_item", "encode", "split_windows", "units", "bucket",
            "collate", "collate_units", "merge"]
@@ -189,7 +189,7 @@ class Units(NamedTuple):
 def units(tokenizer: WordPieceTokenizer, encoded: Encoded) -> Units:
     """The windows of all inputs (inputs in order, windows in order), vectorised over the
     inputs that fit; the few longer ones are cut by ``window_bounds`` like
-    ``WordPieceTokenizer.windows`` (a quarter-window overlap)."""
+    ``WordPieceTokenizer.windows`` (its default overlap, ``default_stride``)."""
     size = tokenizer.max_length - 2
     lengths, counts = encoded.lengths, encoded.word_counts
     item = np.flatnonzero(counts > 0)
@@ -206,7 +206,7 @@ def units(tokenizer: WordPieceTokenizer, encoded: Encoded) -> Units:
             rows.append((n, 0, t0, t1, w0, w1))
             continue
         first = encoded.word_first[w0:w1]
-        for k, (start, end) in enumerate(window_bounds((first - t0).tolist(), t1 - t0, size, size // 4)):
+        for k, (start, end) in enumerate(window_bounds((first - t0).tolist(), t1 - t0, size, default_stride(size))):
             # the words the window touches: from the word of its first sub-token to that of its last
             a = int(np.searchsorted(first, t0 + start, "right")) - 1
             b = int(np.searchsorted(first, t0 + end - 1, "right"))

@@ -27,7 +27,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from nertron.engine.tokenizer import WordPieces
+from nertron.engine.tokenizer import WordPieces, join_texts
 from nertron.kernels import text_cpu
 
 __all__ = ["CASING_MODES", "SHAPES", "NUM_SHAPE_IDS", "CHAR_BUCKETS", "MAX_CHARS", "word_shape", "shape_id",
@@ -206,9 +206,7 @@ def word_casing(texts: Sequence[str], word_chars: np.ndarray, word_item: np.ndar
         texts: N texts; word_chars: ``(V, 2)`` (start, end) offsets of every word in its
             text; word_item: ``(V,)`` the text of each word.
     """
-    joined = "\n".join(texts)
-    base = np.zeros(len(texts) + 1, np.int64)
-    np.cumsum([len(text) + 1 for text in texts], out=base[1:])
+    joined, base = join_texts(texts)
     start = base[word_item] + word_chars[:, 0]
     length = word_chars[:, 1] - word_chars[:, 0]
     shadow = joined.translate(_CASE_CLASSES).encode("latin-1")

@@ -180,10 +180,6 @@ class _Chunk:
     multi: np.ndarray  # (U,) bool: the window belongs to an input of several windows
     outputs: list["_Output | None"]
 
-    @property
-    def complete(self) -> bool:
-        return all(output is not None for output in self.outputs)
-
 
 @dataclass
 class _Output:
@@ -323,21 +319,12 @@ class _ChunkRules:
             ``spans (N, 3)`` int64 rows ``(b, first, last)`` (inclusive), row-major order, and
             ``labels (N,)``, the tag id of each entity's first word.
         """
-        starts, ends = self._tables(tags.device)
-        B = tags.shape[0]
-        # shape: (B, W)
-        y = tags.masked_fill(~mask, self.outside)
-        boundary = y.new_full((B, 1), self.outside)
-        prev = torch.cat([boundary, y[:, :-1]], 1)
-        nxt = torch.cat([y[:, 1:], boundary], 1)
-        first = starts[prev, y] & mask  # shape: (B, W)
-        last = ends[y, nxt] & mask
+        first, last, end = self.boundaries(tags, mask)  # shape: (B, W) each
         begin = first.nonzero()  # shape: (N, 2)
-        finish = last.nonzero()
-        if begin.shape[0] != finish.shape[0]:  # the rules pair every start with an end
-            raise RuntimeError(f"chunk rules found {begin.shape[0]} entity starts but {finish.shape[0]} ends")
-        spans = torch.cat([begin, finish[:, 1:]], 1)
-        return spans, y[begin[:, 0], begin[:, 1]]
+        if begin.shape[0] != int(last.sum()):  # the rules pair every start with an end
+            raise RuntimeError(f"chunk rules found {begin.shape[0]} entity starts but {int(last.sum())} ends")
+        b, i = begin.unbind(1)
+        return torch.stack([b, i, end[b, i]], 1), tags[b, i]
 
     def boundaries(self, tags: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Entity boundaries of a batch without a host sync (fixed shapes, for the device).
@@ -367,7 +354,6 @@ class _ChunkRules:
         if device not in self._on:
             self._on[device] = (self.starts.to(device), self.ends.to(device))
         return self._on[device]
-
 
 
 class Tagger:
@@ -935,10 +921,9 @@ class Tagger:
                                                  torch.tensor(span_rows, device=device))
             for slot, prob in zip(targets, log_probs.exp().clamp(max=1.0).cpu().tolist()):
                 probs[slot] = prob
-        spans_list = spans.tolist()
-        entities = self._entities(chunk, np.full(len(spans_list), n, np.int64),
-                                  np.array([s[1] for s in spans_list], np.int64),
-                                  np.array([s[2] for s in spans_list], np.int64), label_ids.numpy(), np.array(probs))
+        spans = spans.numpy()
+        entities = self._entities(chunk, np.full(len(spans), n, np.int64), spans[:, 1], spans[:, 2],
+                                  label_ids.numpy(), np.array(probs))
         names = self.labels
         return TaggedText(list(pieces.words), [names[t] for t in tags], entities, word_probs)
 

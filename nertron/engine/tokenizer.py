@@ -67,6 +67,8 @@ __all__ = [
     "merge_subtoken_predictions",
     "merge_windows",
     "window_bounds",
+    "default_stride",
+    "join_texts",
     "check_words",
 ]
 
@@ -399,18 +401,18 @@ class WordPieceTokenizer:
             The ``tokenizers`` encodings: one per text; one per non-empty word list.
         """
         if words:
-            present = [words_ for words_ in (w if isinstance(w, list) else list(w) for w in items) if words_]
+            present = [word_list for word_list in _word_lists(items) if word_list]
             return self._backend.encode_batch(present, is_pretokenized=True, add_special_tokens=False) \
                 if present else []
-        items = items if isinstance(items, list) else list(items)
-        return self._backend.encode_batch_fast(items, add_special_tokens=False) if items else []
+        texts = items if isinstance(items, list) else list(items)
+        return self._backend.encode_batch_fast(texts, add_special_tokens=False) if texts else []
 
     def encode_word_lists(self, sentences: Sequence[Sequence[str]], encodings: list[Encoding] | None = None) -> Encoded:
         """Pre-split sentences (already checked: lists of non-empty str) as one ``Encoded``,
         in one ``encode_batch`` call (or from ``encodings``, that call's result made
         beforehand by ``backend_encodings(sentences, words=True)``). A word the normaliser
         empties becomes one ``[UNK]`` spanning the word; an empty list is an input without words."""
-        sentences = [words if isinstance(words, list) else list(words) for words in sentences]
+        sentences = _word_lists(sentences)
         texts = [" ".join(words) for words in sentences]
         counts = np.fromiter((len(words) for words in sentences), np.int64, len(sentences))
         word_ptr = _pointers(counts)
@@ -422,8 +424,7 @@ class WordPieceTokenizer:
         word_chars = np.stack([starts, starts + lengths], 1)
         present = [n for n, words in enumerate(sentences) if words]
         if encodings is None:
-            encodings = self._backend.encode_batch([sentences[n] for n in present], is_pretokenized=True,
-                                                   add_special_tokens=False) if present else []
+            encodings = self.backend_encodings(sentences, words=True)
         elif len(encodings) != len(present):
             raise ValueError(f"encodings holds {len(encodings)} encodings for {len(present)} non-empty word lists")
         token_counts = np.zeros(len(sentences), np.int64)
@@ -501,9 +502,9 @@ class WordPieceTokenizer:
         """Raw texts (already checked: str encodable as UTF-8) as one ``Encoded``.
 
         Each text is tokenised whole, all in one ``encode_batch`` call (so the ids are BERT's
-        for the text); its words are ``split_text``'s, found by one regular-expression pass
-        over all the texts. A run of characters the normaliser removes has no sub-token and
-        is no word.
+        for the text); its words are ``split_text``'s, found by one pass over the character
+        classes of all the texts (``_split_words``). A run of characters the normaliser removes
+        has no sub-token and is no word.
 
         Each sub-token belongs to the word holding its BERT pre-token (the run of the text the
         pre-tokeniser made one piece). Without ``offsets`` the sub-tokens' character offsets
@@ -525,8 +526,7 @@ class WordPieceTokenizer:
             raise ValueError("encodings (encode_batch_fast's, without offsets) cannot serve offsets=True")
         if encodings is not None and len(encodings) != len(texts):
             raise ValueError(f"encodings holds {len(encodings)} encodings for {len(texts)} texts")
-        base = _pointers(np.fromiter(map(len, texts), np.int64, len(texts)) + 1)[:-1]  # text n in the joined texts
-        joined = "\n".join(texts)  # one string for the word split and the pre-token classes
+        joined, base = join_texts(texts)  # one string for the word split and the pre-token classes
         word_item, word_chars = _split_words(joined, base)
         word_start = base[word_item] + word_chars[:, 0]  # in the texts joined by newlines
         if offsets or not texts:
@@ -539,7 +539,7 @@ class WordPieceTokenizer:
             token_end = base[token_item] + chars[:, 1]
         else:
             if encodings is None:
-                encodings = self._backend.encode_batch_fast(texts, add_special_tokens=False)
+                encodings = self.backend_encodings(texts)
             token_counts = np.fromiter(map(len, encodings), np.int64, len(texts))
             ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64, int(token_counts.sum()))
             token_item = np.repeat(np.arange(len(texts)), token_counts)
@@ -667,7 +667,7 @@ class WordPieceTokenizer:
         if not _is_int(max_length) or max_length < 3:
             raise ValueError(f"max_length must be an int >= 3 ([CLS] + one sub-token + [SEP]), got {max_length!r}")
         size = max_length - 2
-        stride = size // 4 if stride is None else stride
+        stride = default_stride(size) if stride is None else stride
         if not _is_int(stride) or not 0 <= stride < size:
             raise ValueError(f"stride must be an int in [0, {size}) for windows of {size} sub-tokens, got {stride!r}")
         total = len(pieces.input_ids)
@@ -676,6 +676,11 @@ class WordPieceTokenizer:
         word_of_token = pieces.word_ids
         return [_slice(pieces, start, end, word_of_token)
                 for start, end in window_bounds(pieces.word_starts, total, size, stride)]
+
+
+def default_stride(size: int) -> int:
+    """The overlap of consecutive windows of ``size`` sub-tokens when none is asked for: a quarter of a window."""
+    return size // 4
 
 
 def window_bounds(word_starts: Sequence[int], total: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -918,6 +923,8 @@ class _BertClasses(dict):
                 cls = _MIXED
         self[code] = cls
         return cls
+
+
 # the word pattern with a group: re.split then returns gaps and words alternately, as strings,
 # whose lengths give the offsets without a match object per word
 _WORD_SPLITTER = re.compile(f"({_WORD_PATTERN.pattern})")
@@ -928,8 +935,9 @@ def _split_words(joined: str, text_starts: np.ndarray) -> tuple[np.ndarray, np.n
     (start, end) character offsets in that text.
 
     ``joined``: the texts joined by a newline (whitespace: no word crosses it), text n from
-    ``text_starts[n]``. Their character classes are mapped in one ``str.translate``; one
-    ``re.split`` finds every word.
+    ``text_starts[n]``. Their character classes are mapped in one ``str.translate``; one C
+    loop (``nertron.kernels.text_cpu``) or, without a C compiler, one ``re.split``
+    (``_split_shadow``) finds every word.
     """
     shadow = joined.translate(_CHAR_CLASSES)
     if text_cpu.available():  # the same split in C, without the GIL
@@ -960,6 +968,17 @@ def _split_shadow(shadow: str) -> tuple[np.ndarray, np.ndarray]:
             ends[k] = starts[k] + len(core)
         starts, ends = starts[keep], ends[keep]
     return starts, ends
+
+
+def join_texts(texts: Sequence[str]) -> tuple[str, np.ndarray]:
+    """The texts joined by newlines (one string for a whole chunk's character passes: a
+    newline is whitespace, so no word crosses it) and ``(N,)`` int64 where text n starts in it."""
+    return "\n".join(texts), _pointers(np.fromiter(map(len, texts), np.int64, len(texts)) + 1)[:-1]
+
+
+def _word_lists(sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each sentence as a list (as ``tokenizers`` takes pre-split words)."""
+    return [words if isinstance(words, list) else list(words) for words in sentences]
 
 
 def _pointers(counts: np.ndarray) -> np.ndarray:
