@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout witho
 
 from nertron.bench import crf  # noqa: E402
 from nertron.bench.harness import NOMINAL_GBPS, Bench, dtype_name, label_benchmark, lookup, pedantic  # noqa: E402
-from nertron.engine.files import write_atomic  # noqa: E402
+from nertron.engine.files import open_atomic  # noqa: E402
 
 BENCH = Bench.here()
 BS = [1, 32, 256, 2048]
@@ -273,15 +273,12 @@ def gpu_main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
     stem = out / f"crf_gpu_{slug}"
-    write_atomic(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
-
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["op", "impl", "B", "T", "K", "dtype", "ms"])
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(stem.with_suffix(".csv"), write_csv)
+    with open_atomic(stem.with_suffix(".json")) as f:
+        f.write(json.dumps(result, indent=1))
+    with open_atomic(stem.with_suffix(".csv"), newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["op", "impl", "B", "T", "K", "dtype", "ms"])
+        writer.writeheader()
+        writer.writerows(rows)
     md = [f"# CRF on {name}", "",
           f"{result['date']}; torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}",
           "", f"## Targets (B, T, K = {target}, fp32)", "",
@@ -297,7 +294,8 @@ def gpu_main(argv: list[str] | None = None) -> int:
         nom = "-" if r["fraction_of_nominal"] is None else f"{r['fraction_of_nominal']:.0%}"
         md.append(f"| {r['op']} | {r['K']} | {r['dtype']} | {r['ms']:.3f} | {r['emission_gbps']:.0f} | "
                   f"{r['fraction_of_copy']:.0%} | {nom} |")
-    write_atomic(stem.with_suffix(".md"), lambda tmp: tmp.write_text("\n".join(md) + "\n"))
+    with open_atomic(stem.with_suffix(".md")) as f:
+        f.write("\n".join(md) + "\n")
     print("\n".join(md))
     print(f"wrote {stem}.json/.csv/.md")
     return 0
@@ -312,7 +310,8 @@ def main(argv: list[str]) -> int:
         return 2
     text = table(argv[1])
     if len(argv) > 2:
-        write_atomic(Path(argv[2]), lambda tmp: tmp.write_text(text + "\n"))
+        with open_atomic(argv[2]) as f:
+            f.write(text + "\n")
     print(text)
     return 0
 

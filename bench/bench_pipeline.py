@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without an installed nertron
 
 from nertron.bench import pipeline as section  # noqa: E402
-from nertron.engine.files import write_atomic  # noqa: E402
+from nertron.engine.files import open_atomic  # noqa: E402
 from nertron.bench.harness import Bench, label_benchmark, pedantic  # noqa: E402
 from nertron.bench.report import environment  # noqa: E402
 
@@ -110,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         data = json.dumps(result, indent=1, default=str) + "\n"
-        write_atomic(args.json, lambda tmp: tmp.write_text(data))
+        with open_atomic(args.json) as f:
+            f.write(data)
     if args.markdown:
-        write_atomic(args.markdown, lambda tmp: tmp.write_text(text))
+        with open_atomic(args.markdown) as f:
+            f.write(text)
     return 0 if result["same_output"] else 1
 
 

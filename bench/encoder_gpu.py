@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout witho
 
 from nertron.bench.encoder import SHAPES, encoder_batch, encoder_flops, random_encoders  # noqa: E402
 from nertron.bench.harness import DENSE_BF16_TFLOPS, conll_lengths, lookup  # noqa: E402
-from nertron.engine.files import write_atomic  # noqa: E402
+from nertron.engine.files import open_atomic  # noqa: E402
 
 BATCHES = (1, 8, 32, 128, 256)
 LENGTHS = ("conll", 32, 128, 512)
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "method": "triton.testing.do_bench(quantiles=[0.5, 0.2, 0.8]); medians in ms; real tokens only",
     }
     slug = name.replace(" ", "_").replace("/", "_")
-    data = json.dumps({"meta": meta, "rows": rows}, indent=1)
-    write_atomic(out_dir / f"encoder_{slug}.json", lambda tmp: tmp.write_text(data))
+    with open_atomic(out_dir / f"encoder_{slug}.json") as f:
+        f.write(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         f"# Encoder throughput on {name}",
         "",
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{fmt(r.get('transformers+compile_tokens_per_s'))} | {fmt(r.get('speedup_vs_transformers+compile'), '{:.2f}')} | "
             f"{fmt(r.get('nertron_tflops'), '{:.0f}')} | {fmt(100 * r['nertron_peak_fraction'] if 'nertron_peak_fraction' in r else None, '{:.0f}')} |"
         )
-    write_atomic(out_dir / f"encoder_{slug}.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    with open_atomic(out_dir / f"encoder_{slug}.md") as f:
+        f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from nertron.engine.files import write_atomic
+from nertron.engine.files import open_atomic
 
 from . import attention, crf, e2e, encoder, host, layernorm, matmul, pipeline, pooling
 from .harness import Bench, dtype_name, error_text, status_row
@@ -384,9 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plot {section} failed: {error_text(err)}", file=sys.stderr)
     report = {"environment": env, "sections": sections, "summary": headline(rows), "rows": rows, "plots": plots}
     data = json.dumps(report, indent=1, default=str) + "\n"
-    write_atomic(out / f"{stem}.json", lambda tmp: tmp.write_text(data))  # a failed run keeps the old report
+    with open_atomic(out / f"{stem}.json") as f:  # a failed run keeps the old report
+        f.write(data)
     text = markdown(env, rows, sections, plots)
-    write_atomic(out / f"{stem}.md", lambda tmp: tmp.write_text(text))
+    with open_atomic(out / f"{stem}.md") as f:
+        f.write(text)
     print(text)
     print(f"wrote {out / (stem + '.md')}, {out / (stem + '.json')} and {len(plots)} plots", flush=True)
     return 0
