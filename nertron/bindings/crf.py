@@ -377,14 +377,6 @@ class CRF(nn.Module):
             if not no_empty_seq and not no_empty_seq_bf:
                 raise ValueError('mask of the first timestep must all be on')
 
-    def _log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        start, end, trans = self.transition_scores(constrained=False)
-        # shape: (B,); one op per call whatever T (no recursion unrolled under torch.compile)
-        lengths = mask.sum(1)
-        if self._use_triton(emissions):
-            return CRFLogPartition.apply(emissions, lengths, start, end, trans)
-        return torch.ops.nertron.crf_forward_ref(emissions, lengths, start, end, trans)[0]
-
     def _compat(self, emissions: torch.Tensor, mask: torch.Tensor) -> bool:
         """Whether pytorch-crf's own algorithms must run (see ``needs_torchcrf_compat``);
         never under torch.compile (a data-dependent branch)."""
@@ -439,8 +431,8 @@ class CRF(nn.Module):
         # shape: (B,)
         numerator = crf_score_torch(emissions, tags, mask, self.start_transitions,
                                     self.end_transitions, self.transitions)
-        # shape: (B,)
-        denominator = self._log_partition(emissions, mask)
+        # shape: (B,); the Triton kernels' log Z (the CPU path returned above, through crf_nll_ref)
+        denominator = CRFLogPartition.apply(emissions, mask.sum(1), *self.transition_scores(constrained=False))
         llh = numerator - denominator.to(numerator.dtype)
         return self._reduce(llh, mask, reduction)
 
@@ -518,8 +510,7 @@ class CRF(nn.Module):
                 tags, scores = torch.ops.nertron.crf_viterbi_ref(emissions, lengths, start, end, trans, pad_tag)
         if as_tensor:
             return (tags if self.batch_first else tags.t()), scores
-        lengths = mask.sum(1).tolist()
-        return [row[:n] for row, n in zip(tags.tolist(), lengths)]
+        return [row[:n] for row, n in zip(tags.tolist(), lengths.tolist())]
 
     def marginals(self, emissions: torch.Tensor,
                   mask: Optional[torch.ByteTensor] = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nertron.bindings import BACKENDS  # re-exported: the backend names, defined once
-from nertron.bindings.masks import is_prefix_mask
+from nertron.bindings.masks import mask_gaps
 from nertron.engine.config import BertConfig
 
 
@@ -339,8 +339,9 @@ class BertModel(nn.Module):
         if (packed and layer_mix is not None and attention_mask is not None and not torch.compiler.is_compiling()
                 and not torch.is_grad_enabled()):
             keep = attention_mask.to(torch.bool)
-            # host syncs (eager only): is there padding to skip, and is the mask right-padded
-            if not bool(keep.all()) and is_prefix_mask(keep) and bool(keep[:, 0].all()):
+            # one host sync (eager only): is there padding to skip, is the mask right-padded
+            # and does every row hold a token
+            if bool(~keep.all() & ~mask_gaps(keep) & keep[:, 0].all()):
                 return self._forward_packed(input_ids, keep, token_type_ids, output_hidden_states, layer_mix)
         return self._forward_reference(input_ids, attention_mask, token_type_ids, output_hidden_states, layer_mix)
 
