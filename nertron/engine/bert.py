@@ -62,6 +62,16 @@ def _activation(name: str):
     raise ValueError(f"unsupported hidden_act {name!r}")
 
 
+def _key_padding_bias(keep: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(B, 1, 1, T)`` additive key-padding bias of the ``(B, T)`` bool mask ``keep``: 0 for
+    real keys and the dtype's most negative value for padding. Softmax then gives padded keys
+    zero weight, and a row with no real key stays finite (uniform) where a boolean mask would
+    give NaN."""
+    bias = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+    bias.masked_fill_(~keep, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -368,12 +378,7 @@ class BertModel(nn.Module):
         hidden = self.embeddings(input_ids, token_type_ids)  # shape: (B, T, H)
         mask_bias = None
         if attention_mask is not None:
-            # Additive key-padding bias, 0 for real keys and the dtype's most negative value for
-            # padding: softmax then gives padded keys zero weight, and a row with no real key
-            # stays finite (uniform) where a boolean mask would give NaN.
-            keep = attention_mask.to(device=hidden.device, dtype=torch.bool)[:, None, None, :]  # shape: (B, 1, 1, T)
-            mask_bias = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
-            mask_bias.masked_fill_(~keep, torch.finfo(hidden.dtype).min)
+            mask_bias = _key_padding_bias(attention_mask.to(device=hidden.device, dtype=torch.bool), hidden.dtype)
         last, states = self.encoder(hidden, mask_bias, output_hidden_states or layer_mix is not None)
         pooled = self.pooler(last) if self.pooler is not None else None
         mixed = None
@@ -412,9 +417,7 @@ class BertModel(nn.Module):
         x = emb.word_embeddings(input_ids.flatten()[rows]) + emb.token_type_embeddings(token_type_ids.flatten()[rows])
         x = emb.LayerNorm(x + emb.position_embeddings(positions))  # shape: (N, H)
         hidden = x.shape[1]
-        bias = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
-        bias.masked_fill_(~keep, torch.finfo(x.dtype).min)
-        bias = bias[:, None, None, :]  # shape: (B, 1, 1, T)
+        bias = _key_padding_bias(keep, x.dtype)  # shape: (B, 1, 1, T)
 
         def unpack(t: Tensor) -> Tensor:  # (N, H) -> (B, T, H), zeros at padding
             out = t.new_zeros(batch * length, t.shape[1])
@@ -426,8 +429,7 @@ class BertModel(nn.Module):
         states = [x] if output_hidden_states else None
         for index, layer in enumerate(self.encoder.layer, start=1):
             sa = layer.attention.self
-            q, k, v = (unpack(proj(x)).view(batch, length, sa.num_heads, sa.head_dim).transpose(1, 2)
-                       for proj in (sa.query, sa.key, sa.value))  # shape: (B, nh, T, hd)
+            q, k, v = (sa._heads(unpack(proj(x))) for proj in (sa.query, sa.key, sa.value))  # shape: (B, nh, T, hd)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
             context = context.transpose(1, 2).reshape(batch * length, hidden)[rows]  # shape: (N, H)
             attended = layer.attention.output(context, x)
