@@ -85,10 +85,11 @@ def collect_tuning(runs: Path) -> list[dict]:
     rows = []
     for group in sorted(p for p in runs.glob("exp*") if p.is_dir()):
         for run in sorted(p for p in group.iterdir() if (p / "results.json").is_file()):
-            command = (run / "command.txt").read_text() if (run / "command.txt").is_file() else ""
+            row = _run_row(run)
+            command = row["command"] or ""  # stripped
             corpus = next((c for c in CORPORA if f"--format {c}" in command), "?")
-            rows.append({"run": f"{group.name}/{run.name}", "corpus": corpus, **_run_row(run),
-                         "shipped": bool(shipped) and command.strip() == shipped})
+            rows.append({"run": f"{group.name}/{run.name}", "corpus": corpus, **row,
+                         "shipped": bool(shipped) and command == shipped})
     return rows
 
 
@@ -150,8 +151,9 @@ def main(argv: list[str]) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"meta": meta, "rows": rows, "tuning": tuning}, indent=1) + "\n"
     write_atomic(f"{args.out}.json", lambda path: path.write_text(text, encoding="utf-8"))
-    write_atomic(f"{args.out}.md", lambda path: path.write_text(markdown(rows, tuning, meta), encoding="utf-8"))
-    print(markdown(rows, tuning, meta))
+    table = markdown(rows, tuning, meta)
+    write_atomic(f"{args.out}.md", lambda path: path.write_text(table, encoding="utf-8"))
+    print(table)
     return 0
 
 

@@ -33,7 +33,6 @@ def main(argv: list[str]) -> int:
 
     from nertron import Tagger
     from nertron.bench.pipeline import conll_texts, make_checkpoint
-    from nertron.engine.models import NerModel
     from nertron.engine.tagger import DEFAULT_MODEL_DIR
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
@@ -46,7 +45,7 @@ def main(argv: list[str]) -> int:
         baseline = "transformers.pipeline (batch_size=32)"
         runs = {baseline: lambda: pipe(texts, batch_size=32)}
         for directory in args.models or [str(DEFAULT_MODEL_DIR)]:
-            tagger = Tagger(NerModel.load(directory), device="cpu")
+            tagger = Tagger.load(directory, device="cpu")
             config = tagger.model.config
             runs[f"{directory} (casing {config.casing}, hidden {config.enc_hidden_dim})"] = \
                 (lambda t: lambda: t.tag(texts))(tagger)

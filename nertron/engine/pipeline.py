@@ -259,13 +259,11 @@ class TokenClassificationPipeline(_Base):
             bar.update(texts=sum(window.last for window in rows),
                        tokens=int(sum(int((~window.special).sum()) for window in rows)))
         results: list[list[dict]] = [[] for _ in texts]
-        windows_of = [0] * len(texts)
         for w, window in enumerate(windows):
-            windows_of[window.item] += 1
             if w in scores:
                 results[window.item].extend(self._postprocess(texts[window.item], window, scores[w], params))
-        for n, count in enumerate(windows_of):
-            if count > 1:  # transformers merges the entities of a text's stride windows
+        for n, encodings in enumerate(encoded):
+            if len(encodings) > 1:  # transformers merges the entities of a text's stride windows
                 results[n] = aggregate_overlapping_entities(results[n])
         return results
 
