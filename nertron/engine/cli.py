@@ -266,15 +266,15 @@ def _cmd_tag(args: argparse.Namespace) -> int:
         return 0
     resolve_device(args.device)  # an unknown device or CUDA without one: fail before loading the model
 
-    from nertron.engine.progress import Progress, shown as progress_shown
-    from nertron.engine.tagger import Tagger, count_lines, format_record, open_output, read_lines
+    from nertron.engine.progress import Progress
+    from nertron.engine.tagger import Tagger, file_progress, format_record, open_output, read_lines
 
     tagger = Tagger.load(args.model, device=args.device, dtype=args.dtype, checkpoint=args.checkpoint,
                          batch_tokens=args.batch_tokens)
     texts = read_lines(args.input) if args.input is not None else args.texts
     # a bar for a file, not for texts on the command line; on stderr, when it is a terminal
-    shown = args.input is not None and not args.quiet and progress_shown(None)
-    bar = Progress(total=count_lines(args.input) if shown else None, enabled=shown)
+    bar = file_progress(args.input, False if args.quiet else None) if args.input is not None else \
+        Progress(enabled=False)
     with open_output(output) as out:
         for text, result in tagger.tag_lines(texts, progress=bar):
             if fmt != "pretty":

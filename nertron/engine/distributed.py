@@ -54,8 +54,8 @@ from typing import IO, Any, Iterator
 import torch
 
 from nertron.engine.files import open_atomic
-from nertron.engine.progress import Progress, shown as progress_shown
-from nertron.engine.tagger import (DEFAULT_BATCH_TOKENS, Tagger, check_input, check_output, count_lines,
+from nertron.engine.progress import shown as progress_shown
+from nertron.engine.tagger import (DEFAULT_BATCH_TOKENS, Tagger, check_input, check_output, file_progress,
                                    format_record, read_lines, resolve_device)
 
 __all__ = ["distributed_env", "shard_path", "write_shard", "merge_shards", "tag_file_distributed", "RankFailed"]
@@ -106,10 +106,8 @@ def write_shard(tagger: Tagger, in_path: str | Path, shard: str | Path, rank: in
         raise ValueError(f"unknown output format {format!r} for distributed tagging; expected jsonl or conll")
     count = 0
     lines = read_lines(in_path, stride=world_size, offset=rank)
-    total = None
-    if progress:
-        total = max(0, -(-(count_lines(in_path) - rank) // world_size))  # lines rank, rank + world, ...
-    bar = Progress(total=total, enabled=progress, desc=f"tagging (rank {rank} of {world_size})")
+    bar = file_progress(in_path, progress, stride=world_size, offset=rank,
+                        desc=f"tagging (rank {rank} of {world_size})")
     with open_atomic(shard) as out:
         for text, result in tagger.tag_lines(lines, batch_tokens, progress=bar):
             out.write(format_record(text, result, format))

@@ -67,7 +67,8 @@ from nertron.engine.tokenizer import Encoded, WordPieceTokenizer
 from nertron.tags import TagError, end_of_chunk, normalize_scheme, split_tag, start_of_chunk
 
 __all__ = ["Entity", "TaggedText", "Tagger", "DEFAULT_MODEL_DIR", "InputFileError", "read_lines", "count_lines",
-           "open_output", "format_record", "check_input", "check_output", "resolve_device", "resolve_dtype"]
+           "file_progress", "open_output", "format_record", "check_input", "check_output", "resolve_device",
+           "resolve_dtype"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "resources" / "default_model"
 DEFAULT_BATCH_TOKENS = 4096  # padded sub-tokens per batch
@@ -559,8 +560,7 @@ class Tagger:
             raise ValueError(f"unknown output format {format!r}; expected jsonl or conll")
         lines = read_lines(in_path)  # checks the input now, before the output is touched
         check_output(out_path, in_path)
-        show = progress_shown(progress)
-        bar = Progress(total=count_lines(in_path) if show else None, enabled=show)
+        bar = file_progress(in_path, progress)
         count = 0
         with open_output(out_path) as out:
             for text, result in self.tag_lines(lines, batch_tokens, progress=bar):
@@ -1087,6 +1087,18 @@ def count_lines(path: str | Path) -> int | None:
             count += block.count(b"\n")
             last = block[-1:]
     return count + (last != b"\n")
+
+
+def file_progress(path: str | Path, enabled: bool | None, stride: int = 1, offset: int = 0,
+                  desc: str = "tagging") -> Progress:
+    """A progress bar over the lines ``read_lines(path, stride, offset)`` gives, their count
+    (``count_lines``, read only when the bar is shown) as its total; ``enabled`` as for
+    ``Progress`` (None: when stderr is a terminal)."""
+    show = progress_shown(enabled)
+    total = count_lines(path) if show else None
+    if total is not None:
+        total = max(0, -(-(total - offset) // stride))  # lines offset, offset + stride, ...
+    return Progress(total=total, enabled=show, desc=desc)
 
 
 def _read_lines(path: str | Path, stride: int, offset: int) -> Iterator[str]:
