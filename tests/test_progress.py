@@ -47,3 +47,18 @@ def test_never_stdout():
 def test_bad_total(total):
     with pytest.raises(ValueError, match="total must be"):
         Progress(total=total, enabled=False)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 7])
+def test_file_progress_total_is_the_lines_read_lines_gives(tmp_path, stride):
+    """``file_progress``'s total is the number of lines ``read_lines(path, stride, offset)``
+    yields (a rank's share under distributed tagging), counted only when the bar is shown."""
+    from nertron.engine.tagger import file_progress, read_lines
+
+    for text in ("", "one", "one\n", "a\nb\nc", "a\nb\nc\n\n", "\n".join(map(str, range(20)))):
+        path = tmp_path / "in.txt"
+        path.write_text(text)
+        for offset in range(stride):
+            with file_progress(path, True, stride=stride, offset=offset) as bar:
+                assert bar._bar.total == len(list(read_lines(path, stride, offset))), (text, stride, offset)
+            assert not file_progress(path, False, stride=stride, offset=offset).enabled
