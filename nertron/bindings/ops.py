@@ -42,6 +42,7 @@ from nertron.bindings.crf_reference import (
     crf_score_torch,
     crf_viterbi_torch,
 )
+from nertron.kernels.crf_cpu import check_lengths  # the CRF launchers' lengths contract (no triton import)
 
 __all__ = ["OPS", "vjp_by_recomputation"]
 
@@ -84,17 +85,6 @@ def vjp_by_recomputation(fn: Callable[..., Tensor], inputs: Sequence[Tensor], gr
 def _prefix_mask(lengths: Tensor, T: int) -> Tensor:
     """``(B, T)`` bool prefix mask of ``lengths``."""
     return torch.arange(T, device=lengths.device) < lengths.to(torch.int64).unsqueeze(1)
-
-
-def _check_lengths(lengths: Tensor, T: int) -> None:
-    """The ``[1, T]`` range check the Triton launchers make (one host sync), for the CPU ops."""
-    if lengths.numel() == 0:
-        return
-    lo, hi = torch.stack(torch.aminmax(lengths)).tolist()
-    if lo < 1 or hi > T:
-        bad = int(((lengths < 1) | (lengths > T)).nonzero()[0, 0])
-        raise ValueError(f"lengths must be in [1, T] = [1, {T}] (T = emissions.shape[1]), "
-                         f"got lengths[{bad}] = {int(lengths[bad])}")
 
 
 def _zero_padding(x: Tensor, lengths: Tensor) -> Tensor:
@@ -224,7 +214,7 @@ def crf_forward_ref(emissions: Tensor, lengths: Tensor, start: Tensor, end: Tens
     """log Z ``(B,)`` and alpha ``(B, T, K)`` (padded steps repeat the last alpha) in the
     compute dtype (fp64 when emissions and transitions are fp64, else fp32)."""
     B, T, K = emissions.shape
-    _check_lengths(lengths, T)
+    check_lengths(lengths, T)
     dt = _ref_dtype(emissions, transitions)
     if _use_c(emissions):
         em, ln, s, e, tr = _c_inputs(emissions, lengths, start, end, transitions, dt=dt)
@@ -288,7 +278,7 @@ def crf_nll_ref(emissions: Tensor, tags: Tensor, lengths: Tensor, start: Tensor,
     backward. One pass for the path score and the forward recursion (C), or the reference's
     ``crf_score_torch - crf_log_partition_torch``."""
     B, T, K = emissions.shape
-    _check_lengths(lengths, T)
+    check_lengths(lengths, T)
     dt = _ref_dtype(emissions, transitions)
     if _use_c(emissions):
         em, ln, s, e, tr = _c_inputs(emissions, lengths, start, end, transitions, dt=dt)
@@ -367,7 +357,7 @@ def crf_viterbi_ref(emissions: Tensor, lengths: Tensor, start: Tensor, end: Tens
     """Best paths ``(B, T)`` int64 (``pad_tag`` past each length) and scores ``(B,)`` in the
     compute dtype; ties go to the lowest tag, as ``torch.max``."""
     B, T, K = emissions.shape
-    _check_lengths(lengths, T)
+    check_lengths(lengths, T)
     dt = _ref_dtype(emissions, transitions)
     if _use_c(emissions):
         em, ln, s, e, tr = _c_inputs(emissions, lengths, start, end, transitions, dt=dt)
@@ -388,7 +378,7 @@ def crf_alpha_beta_ref(emissions: Tensor, lengths: Tensor, start: Tensor, end: T
     """log Z ``(B,)``, alpha and beta ``(B, T, K)`` in the compute dtype; past a length alpha
     repeats its last value and beta holds the end score."""
     B, T, K = emissions.shape
-    _check_lengths(lengths, T)
+    check_lengths(lengths, T)
     dt = _ref_dtype(emissions, transitions)
     if _use_c(emissions):
         em, ln, s, e, tr = _c_inputs(emissions, lengths, start, end, transitions, dt=dt)

@@ -78,6 +78,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nertron.kernels.crf_cpu import check_lengths
+
 
 # --------------------------------------------------------------------------------------
 # shared pieces of the kernels (inlined by the compiler)
@@ -556,13 +558,7 @@ def _check(emissions: torch.Tensor, lengths: torch.Tensor, *params: torch.Tensor
     for x in (lengths, start, end, trans):
         if x.device != dev:
             raise ValueError(f"all tensors must be on {dev}, got one on {x.device}")
-    # checked before the int32 cast (which could wrap a huge value into range); one host
-    # sync for the batch, and the offending index is only looked up on failure
-    lo, hi = torch.stack(torch.aminmax(lengths)).tolist()
-    if lo < 1 or hi > T:
-        bad = int(((lengths < 1) | (lengths > T)).nonzero()[0, 0])
-        raise ValueError(f"lengths must be in [1, T] = [1, {T}] (T = emissions.shape[1]), "
-                         f"got lengths[{bad}] = {int(lengths[bad])}")
+    check_lengths(lengths, T)  # before the int32 cast
     lengths = lengths.to(torch.int32).contiguous()
     return B, T, K, lengths, start.contiguous(), end.contiguous(), trans.contiguous()
 

@@ -28,7 +28,7 @@ import torch
 
 from nertron.kernels.cbuild import Library
 
-__all__ = ["available", "crf_forward", "crf_backward", "crf_alpha_beta", "crf_viterbi", "needs_fallback"]
+__all__ = ["available", "check_lengths", "crf_forward", "crf_backward", "crf_alpha_beta", "crf_viterbi", "needs_fallback"]
 
 _SOURCE = r"""
 #include <math.h>
@@ -314,6 +314,19 @@ def _lib() -> Optional[ctypes.CDLL]:
 def available() -> bool:
     """Whether the C library could be built and loaded (built on the first call)."""
     return _lib() is not None
+
+
+def check_lengths(lengths: torch.Tensor, T: int) -> None:
+    """The lengths contract of the CRF launchers, Triton's and these: each in ``[1, T]``; a
+    ValueError naming the first offender. One host sync; checked before any int32 cast (which
+    could wrap a huge value into range), the offending index looked up only on failure."""
+    if lengths.numel() == 0:
+        return
+    lo, hi = torch.stack(torch.aminmax(lengths)).tolist()
+    if lo < 1 or hi > T:
+        bad = int(((lengths < 1) | (lengths > T)).nonzero()[0, 0])
+        raise ValueError(f"lengths must be in [1, T] = [1, {T}] (T = emissions.shape[1]), "
+                         f"got lengths[{bad}] = {int(lengths[bad])}")
 
 
 def _ptr(t: Optional[torch.Tensor]):
