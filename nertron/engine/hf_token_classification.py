@@ -36,8 +36,7 @@ from nertron.engine.checkpoint import CheckpointError, load_checkpoint, load_sta
 from nertron.engine.config import BertConfig, ConfigError
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "TokenClassificationCheckpointError", "TokenClassifier", "HFTokenizer",
-           "is_token_classification_dir", "load_token_classifier", "load_tokenizer", "tokenizer_from",
-           "from_transformers"]
+           "load_token_classifier", "load_tokenizer", "tokenizer_from", "from_transformers"]
 
 SUPPORTED_ARCHITECTURES = ("BertForTokenClassification",)
 SUPPORTED = ("Hugging Face BertForTokenClassification checkpoints (model_type 'bert') and nertron model "
@@ -145,11 +144,6 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise TokenClassificationCheckpointError(
             f"{path}: the {what} must be a JSON object, got {type(value).__name__}")
     return value
-
-
-def is_token_classification_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a Hugging Face checkpoint directory (it has ``config.json``)."""
-    return path.is_dir() and (path / "config.json").is_file()
 
 
 def _check_config(values: dict[str, Any], source: str) -> list[str]:
@@ -278,11 +272,11 @@ def load_token_classifier(path: str | Path, tokenizer: Any = None) -> tuple[Toke
             ``id2label``, another architecture, a head or tensors that do not fit).
     """
     directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no model directory at {directory}")
+    if not directory.exists():
+        raise FileNotFoundError(f"no model at {directory}")
     config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no config.json in {directory}: expected {SUPPORTED}")
+    if not config_file.is_file():  # a file, or a directory without config.json
+        raise FileNotFoundError(f"no model in {directory} (no config.json): expected {SUPPORTED}")
     values = _read_json(config_file, "model configuration")
     labels = _check_config(values, str(config_file))
     try:

@@ -505,10 +505,6 @@ def pipeline(task: str = "token-classification", model: Any = None, tokenizer: A
         path = None if model is None else Path(model)
         if nertron_model:
             return TaggerPipeline(Tagger.load(path, device=device, dtype=dtype), **options)
-        if not path.exists():
-            raise FileNotFoundError(f"no model at {path}")
-        if not hf.is_token_classification_dir(path):
-            raise FileNotFoundError(f"no model in {path}: expected {hf.SUPPORTED}")
         classifier, hf_tokenizer = hf.load_token_classifier(path, tokenizer)
     else:
         classifier, hf_tokenizer = hf.from_transformers(model, tokenizer)
