@@ -229,11 +229,16 @@ def load_tokenizer(directory: Path, max_positions: int) -> HFTokenizer:
     else:
         raise FileNotFoundError(f"no tokenizer in {directory}: looked for {' and '.join(TOKENIZER_FILES)} "
                                 "(save it beside the model with tokenizer.save_pretrained(dir))")
-    length = config.get("model_max_length")
-    if not isinstance(length, int) or isinstance(length, bool) or length <= 0 or length >= _UNKNOWN_LENGTH:
-        length = max_positions
     unk = backend.token_to_id(_special(config.get("unk_token"), "[UNK]"))
-    return HFTokenizer(backend, min(length, max_positions), unk, str(source))
+    return HFTokenizer(backend, _max_length(config.get("model_max_length"), max_positions), unk, str(source))
+
+
+def _max_length(value: Any, max_positions: int) -> int:
+    """A tokenizer's ``model_max_length`` capped at the model's positions; the positions when
+    it is unset, not a positive int, or transformers' "unknown" (``VERY_LARGE_INTEGER``)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value >= _UNKNOWN_LENGTH:
+        return max_positions
+    return min(value, max_positions)
 
 
 def _build(config: BertConfig, state: dict[str, Tensor], labels: list[str], source: str) -> TokenClassifier:
@@ -332,8 +337,6 @@ def tokenizer_from(tokenizer: Any, max_positions: int) -> HFTokenizer:
         raise TokenClassificationCheckpointError(
             f"tokenizer {type(tokenizer).__name__} is not a fast (tokenizers-backed) tokenizer; pass "
             "AutoTokenizer.from_pretrained(dir) or the directory of its files")
-    length = getattr(tokenizer, "model_max_length", None)
-    if not isinstance(length, int) or length <= 0 or length >= _UNKNOWN_LENGTH:
-        length = max_positions
-    return HFTokenizer(Tokenizer.from_str(backend.to_str()), min(length, max_positions),
+    return HFTokenizer(Tokenizer.from_str(backend.to_str()),
+                       _max_length(getattr(tokenizer, "model_max_length", None), max_positions),
                        getattr(tokenizer, "unk_token_id", None), type(tokenizer).__name__)
